@@ -1,0 +1,173 @@
+"""The runner: one resolved run spec in, one record on disk out.
+
+A record is a directory ``<out>/runs/<hash>/`` named by the hash of the resolved spec. It holds
+``preds.npz`` (per-sample predictions, scores and labels, so metrics can be recomputed without
+rerunning) and ``result.json`` (spec, data facts, metrics, timings, versions, status), the
+latter written last. A run whose record is complete is never recomputed.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import platform
+import random
+import subprocess
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmark import PROTOCOL_VERSION
+from benchmark.evaluate import predict_set, score_predictions
+from benchmark.model import DEFAULT_TEMPLATE, ENSEMBLE_TEMPLATES, ClipClassifier, load_clip
+from benchmark.records import PREDS, RESULT, is_complete, read_result, spec_hash, write_json, write_npz
+from benchmark.registry import get_method
+from benchmark.unlabeled import UnlabeledData
+
+
+@dataclass
+class RunSpec:
+    """Everything that determines a run's result (its hash names the record directory)."""
+
+    method: str
+    dataset: str
+    domain: str
+    setting: str
+    protocol: str
+    seed: int
+    model: str
+    pretrained: str
+    hparams: dict[str, Any] = field(default_factory=dict)
+    protocol_version: int = PROTOCOL_VERSION
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def hash(self) -> str:
+        return spec_hash(self.as_dict())
+
+    @property
+    def derived_seed(self) -> int:
+        """Seed of all randomness in the run: a hash of the user seed and what is being run.
+
+        Different (method, data set, domain, setting) cells get independent streams from the same
+        user seed, as in DomainBed's ``seed_hash``.
+        """
+        key = json.dumps([self.seed, self.method, self.dataset, self.domain, self.setting, self.protocol])
+        return int(hashlib.md5(key.encode()).hexdigest(), 16) % (2**31)
+
+    def label(self) -> str:
+        return f"{self.method} {self.dataset}/{self.domain}/{self.setting} seed={self.seed}"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_split(dataset: str, domain: str, setting: str, protocol: str, data_root: str | None, resolution: int):
+    from benchmark.data import load_split
+
+    return load_split(
+        dataset, domain=domain, setting=setting, protocol=protocol,
+        data_root=Path(data_root) if data_root else None, resolution=resolution,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> dict[str, Any]:
+    """Package versions, git commit and host facts recorded in every result."""
+    versions = {}
+    for pkg in ("torch", "torchvision", "open_clip_torch", "mmengine", "numpy"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", False
+    return {"versions": versions, "git_commit": commit or None, "git_dirty": dirty,
+            "python": platform.python_version(), "host": platform.node()}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def execute(spec: RunSpec, out: Path, data_root: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Run ``spec`` unless its record is complete; return the record (``skipped`` says which)."""
+    run_dir = Path(out) / "runs" / spec.hash
+    if is_complete(run_dir):
+        rec = read_result(run_dir)
+        rec["skipped"] = True
+        return rec
+    record: dict[str, Any] = {"spec": spec.as_dict(), "hash": spec.hash, "started": _now(), "device": device}
+    record.update(environment())
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    try:
+        seed = spec.derived_seed
+        seed_everything(seed)
+        cls = get_method(spec.method)
+        hparams = cls.resolve_hparams(spec.hparams)
+
+        t = time.perf_counter()
+        loaded = load_clip(spec.model, spec.pretrained, device)
+        timings["load_model"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        split = _load_split(spec.dataset, spec.domain, spec.setting, spec.protocol, data_root, loaded.image_size)
+        timings["load_data"] = time.perf_counter() - t
+        record["data"] = split.info
+
+        templates = ENSEMBLE_TEMPLATES if hparams.get("prompts") == "ensemble" else (DEFAULT_TEMPLATE,)
+        model = ClipClassifier(loaded, split.classnames, templates).to(device)
+        adapter = cls(model, hparams, seed=seed)
+        data = UnlabeledData(split.adapt.images, device=device, seed=seed)
+
+        t = time.perf_counter()
+        adapter.adapt(data)
+        timings["adapt"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        arrays: dict[str, np.ndarray] = {}
+        metrics: dict[str, dict[str, float]] = {}
+        for part, images_labels in (("test", split.test), ("adapt", split.adapt)):
+            p = predict_set(adapter, images_labels.images, seed=seed)
+            metrics[part] = score_predictions(p["pred"], p["score"], images_labels.labels, split.num_known)
+            arrays.update({f"{part}_{k}": v for k, v in p.items()})
+            arrays[f"{part}_label"] = images_labels.labels
+        if adapter.online_predictions is not None:
+            online = {k: v.cpu().numpy() for k, v in adapter.online_predictions.items()}
+            labels = split.adapt.labels[online["index"]]
+            metrics["adapt_online"] = score_predictions(online["pred"], online["score"], labels, split.num_known)
+            arrays.update({f"online_{k}": v for k, v in online.items()})
+            arrays["online_label"] = labels
+        timings["evaluate"] = time.perf_counter() - t
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_npz(run_dir / PREDS, arrays)
+        record.update(status="done", hparams=hparams, metrics=metrics, score=adapter.score_name,
+                      history=adapter.history, num_trainable=sum(p.numel() for p in adapter.trainable_parameters()))
+    except Exception as err:  # a failed run is recorded, never lost; the sweep goes on
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+    timings["total"] = time.perf_counter() - t_start
+    record.update(timings=timings, finished=_now())
+    write_json(run_dir / RESULT, record)
+    record["skipped"] = False
+    return record
