@@ -185,8 +185,8 @@ class Adapter:
             return
         if n == 0:
             raise AssertionError(f"{self.name} adapts but configure() returned no parameters")
-        if not any(p.requires_grad for p in mine):
-            raise AssertionError(f"{self.name}: none of its parameters requires grad")
+        if not all(p.requires_grad for p in mine):
+            raise AssertionError(f"{self.name}: configure() returned parameters that do not require grad")
         if n >= total and total > 0:
             raise AssertionError(f"{self.name} updates every parameter of the model; configure() must select a subset")
 
