@@ -160,10 +160,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_data(datasets: list[str], data_root: str | None) -> None:
     """Fail fast (exit 2) when a real data set's root is missing, naming the path and layout."""
-    from benchmark.data import DataError, check_data_root
+    from benchmark.data import DataError, get_spec
+    from benchmark.data.locate import dataset_root, resolve_data_root
 
     for name in datasets:
+        spec = get_spec(name)
+        if spec.layout.kind == "synthetic":
+            continue
         try:
-            check_data_root(name, Path(data_root) if data_root else None)
+            dataset_root(spec, resolve_data_root(spec, data_root))
         except DataError as err:
             raise UsageError(str(err)) from err

@@ -1,0 +1,467 @@
+"""The data set spec: one ``datasets/<name>/dataset.yaml`` parsed into a validated ``DatasetSpec``.
+
+A spec holds the facts of a data set (pinned class list, domains, on-disk layout, how to get
+the data) and its category-shift protocols. Protocol class sets are resolved here into pinned
+class indices, so everything about *which* classes a split holds is answered without images.
+
+Schema (unknown keys are errors, so typos do not pass silently)::
+
+    name: office_home               # must equal the folder name
+    title: Office-Home
+    classes: classes.txt            # pinned order, index = line - 1; or an inline list; or
+                                    # "generator" (the synthetic generator's CLASSES)
+    domains:                        # CLI name -> facts; or a list of names; or "generator"
+      RealWorld: {folder: [Real World, Real_World], images: 4357}
+                                    # folder: one name or candidates (first present wins),
+                                    # relative to the data set root; default: the CLI name.
+                                    # images: full-domain count, or {adapt: n, test: m} for lists
+    layout:
+      kind: folders                 # <data_root>/<root>/<domain folder>/<class folder>/<image>
+      root: [office_home, OfficeHomeDataset_10072016]   # candidates below the data root
+      extensions: [.jpg, .jpeg, .png]
+      class_folders: {}             # optional folder -> class name aliases beyond the loose match
+    # kind: lists   -> root, adapt_list: "{domain}_train.txt", test_list: "{domain}_test.txt";
+    #                  lines "<path> <label>", path relative to <data_root>/<root>, label = pinned
+    #                  index ({domain} = domain folder, {name} = CLI name); one list for both
+    #                  means transductive
+    # kind: synthetic -> generator: module, n_per_class, seed, size (images rendered, no files)
+    get: "how to obtain the data (shown in errors)"
+    download:                       # optional direct URLs (python -m benchmark.data download)
+      - {url: "http://.../train.tar", domain: synthetic, dest: ".", extract: true, md5: "..."}
+    protocols:                      # default: default_protocol, else ueo, else the first
+      ueo:
+        description: "free text"    # optional
+        known: 50                   # first K classes; or a list of names/indices (label order)
+        settings:                   # adapt classes: "all" or a list of indices, inclusive
+          cda: [[0, 49]]            # [first, last] ranges, or class names
+          opda: [[0, 34], [50, 59]]
+        test: all
+    default_protocol: ueo           # optional
+    overrides: {ueo: {epochs: 10}}  # optional per-method hyper-parameter defaults
+    notes: "free text"              # optional
+
+Folders-layout and synthetic data sets are transductive: one image set per domain serves as
+adapt set (the images of the adapt classes) and test set (the images of the test classes).
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import yaml
+
+from benchmark.data.errors import DataError, UnknownNameError
+
+SPEC_FILE = "dataset.yaml"
+LAYOUT_KINDS = ("folders", "lists", "synthetic")
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png")
+FROM_GENERATOR = "generator"
+
+_TOP_KEYS = {
+    "name", "title", "classes", "domains", "layout", "get", "download", "protocols",
+    "default_protocol", "overrides", "notes",
+}
+_LAYOUT_KEYS = {
+    "folders": {"kind", "root", "extensions", "class_folders"},
+    "lists": {"kind", "root", "adapt_list", "test_list"},
+    "synthetic": {"kind", "generator", "n_per_class", "seed", "size"},
+}
+_PROTOCOL_KEYS = {"known", "settings", "test", "description"}
+
+
+def normalise_name(name: str) -> str:
+    """A matching key for names: case-insensitive, with space, underscore and hyphen alike."""
+    return re.sub(r"[\s_\-]+", "_", str(name).strip()).lower()
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One domain: its CLI name, candidate folders (relative to the data set root) and image counts.
+
+    ``images`` maps ``all`` (transductive data sets) or ``adapt``/``test`` (separate lists) to the
+    expected number of images of the full domain; empty when unknown.
+    """
+
+    name: str
+    folders: tuple[str, ...]
+    images: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a data set's images live below the data root, or how they are generated.
+
+    - ``folders``: ``<data_root>/<root>/<domain folder>/<class folder>/<image>``;
+    - ``lists``: ``<data_root>/<root>/<adapt_list|test_list>`` with lines ``<path> <label>``, paths
+      relative to ``<data_root>/<root>`` and labels in the pinned order;
+    - ``synthetic``: rendered by ``generator.render(domain, n_per_class, seed, size)``.
+    """
+
+    kind: str
+    roots: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    class_folders: dict[str, str] = field(default_factory=dict)
+    adapt_list: str | None = None
+    test_list: str | None = None
+    generator: str | None = None
+    n_per_class: int = 0
+    seed: int = 0
+    size: int = 0
+
+    @property
+    def transductive(self) -> bool:
+        """True when one image set per domain serves as both adapt and test set."""
+        return self.kind != "lists" or self.adapt_list == self.test_list
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A category-shift protocol resolved to pinned class indices.
+
+    ``known`` is in protocol label order (label ``i`` is class ``known[i]``); ``order`` extends it
+    with the other classes in pinned order, so ``order[label]`` is the pinned index of a label.
+    ``settings`` and ``test`` are sorted pinned indices.
+    """
+
+    name: str
+    known: tuple[int, ...]
+    settings: dict[str, tuple[int, ...]]
+    test: tuple[int, ...]
+    order: tuple[int, ...]
+    description: str = ""
+
+    @property
+    def num_known(self) -> int:
+        """K: the number of known classes; labels ``>= K`` are unknown."""
+        return len(self.known)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A parsed ``dataset.yaml``: facts, layout and protocols of one data set."""
+
+    name: str
+    title: str
+    path: Path
+    classes: list[str]
+    domains: list[str]
+    domain_facts: dict[str, Domain]
+    layout: Layout
+    protocols: dict[str, Protocol]
+    default_protocol: str
+    get: str
+    download: list[dict[str, Any]]
+    overrides: dict[str, dict[str, Any]]
+
+    def protocol(self, name: str | None = None) -> Protocol:
+        """The protocol called ``name`` (default protocol if None); unknown names list the valid ones."""
+        key = self.default_protocol if name is None else str(name).lower()
+        if key not in self.protocols:
+            raise UnknownNameError(f"protocol of {self.name}", name, self.protocols)
+        return self.protocols[key]
+
+    def settings(self, protocol: str | None = None) -> list[str]:
+        """The setting names of a protocol, in spec order."""
+        return list(self.protocol(protocol).settings)
+
+    def resolve_setting(self, protocol: str | None, setting: str) -> str:
+        """The canonical setting name; unknown names list the protocol's settings."""
+        proto = self.protocol(protocol)
+        key = str(setting).lower()
+        if key not in proto.settings:
+            raise UnknownNameError(f"setting of {self.name}/{proto.name}", setting, proto.settings)
+        return key
+
+    def resolve_domain(self, domain: str) -> str:
+        """The canonical domain name, matching CLI or folder names loosely (case, separators)."""
+        if domain in self.domain_facts:
+            return domain
+        wanted = normalise_name(domain)
+        for name, facts in self.domain_facts.items():
+            if wanted in {normalise_name(name), *(normalise_name(f) for f in facts.folders)}:
+                return name
+        raise UnknownNameError(f"domain of {self.name}", domain, self.domains)
+
+    def domain(self, name: str) -> Domain:
+        """The facts of one domain (name matched as in ``resolve_domain``)."""
+        return self.domain_facts[self.resolve_domain(name)]
+
+    def num_known(self, protocol: str | None = None) -> int:
+        """K of a protocol."""
+        return self.protocol(protocol).num_known
+
+    def known_classes(self, protocol: str | None = None) -> list[int]:
+        """Pinned indices of the known classes, in protocol label order."""
+        return list(self.protocol(protocol).known)
+
+    def adapt_classes(self, protocol: str | None, setting: str) -> list[int]:
+        """Sorted pinned indices of the classes in the adapt set of a setting."""
+        proto = self.protocol(protocol)
+        return list(proto.settings[self.resolve_setting(proto.name, setting)])
+
+    def test_classes(self, protocol: str | None = None) -> list[int]:
+        """Sorted pinned indices of the classes in the test set."""
+        return list(self.protocol(protocol).test)
+
+    def class_order(self, protocol: str | None = None) -> list[int]:
+        """Pinned index of each protocol label: the known classes, then the rest in pinned order."""
+        return list(self.protocol(protocol).order)
+
+    def label_map(self, protocol: str | None = None) -> np.ndarray:
+        """An int64 array mapping a pinned class index to its protocol label."""
+        order = self.protocol(protocol).order
+        mapping = np.empty(len(order), dtype=np.int64)
+        mapping[list(order)] = np.arange(len(order), dtype=np.int64)
+        return mapping
+
+
+def load_generator(module: str) -> ModuleType:
+    """Import the module that renders a synthetic data set (lazily: only when that data set is used)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise DataError(f"cannot import the image generator {module!r}: {exc}") from exc
+
+
+def _fail(path: Path, message: str) -> DataError:
+    return DataError(f"{path}: {message}")
+
+
+def _check_keys(path: Path, where: str, mapping: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise _fail(path, f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
+
+
+def _as_tuple(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value)
+    return (str(value),)
+
+
+def _parse_layout(path: Path, raw: Any) -> Layout:
+    if not isinstance(raw, dict) or raw.get("kind") not in LAYOUT_KINDS:
+        raise _fail(path, f"layout must be a mapping with kind one of {list(LAYOUT_KINDS)}")
+    kind = raw["kind"]
+    _check_keys(path, "layout", raw, _LAYOUT_KEYS[kind])
+    if kind == "synthetic":
+        if not raw.get("generator"):
+            raise _fail(path, "a synthetic layout needs 'generator' (an importable module)")
+        return Layout(
+            kind=kind,
+            generator=str(raw["generator"]),
+            n_per_class=int(raw.get("n_per_class", 30)),
+            seed=int(raw.get("seed", 0)),
+            size=int(raw.get("size", 64)),
+        )
+    roots = _as_tuple(raw.get("root"))
+    if not roots:
+        raise _fail(path, "layout needs 'root' (the data set's folder below the data root)")
+    extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in _as_tuple(raw.get("extensions")))
+    if kind == "lists":
+        if not raw.get("adapt_list") or not raw.get("test_list"):
+            raise _fail(path, "a lists layout needs 'adapt_list' and 'test_list' (file name templates)")
+        return Layout(kind=kind, roots=roots, adapt_list=str(raw["adapt_list"]), test_list=str(raw["test_list"]))
+    aliases = raw.get("class_folders") or {}
+    if not isinstance(aliases, dict):
+        raise _fail(path, "layout.class_folders must map folder names to class names")
+    return Layout(
+        kind=kind,
+        roots=roots,
+        extensions=extensions or DEFAULT_EXTENSIONS,
+        class_folders={str(k): str(v) for k, v in aliases.items()},
+    )
+
+
+def _parse_classes(path: Path, raw: Any, generator: ModuleType | None) -> list[str]:
+    if raw == FROM_GENERATOR:
+        if generator is None:
+            raise _fail(path, "classes: generator needs a synthetic layout")
+        classes = [str(c) for c in generator.CLASSES]
+    elif isinstance(raw, list):
+        classes = [str(c) for c in raw]
+    elif isinstance(raw, str):
+        file = path.parent / raw
+        if not file.is_file():
+            raise _fail(path, f"class list {file} not found")
+        classes = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        raise _fail(path, "classes must be a file name, a list of names, or 'generator'")
+    if not classes:
+        raise _fail(path, "the class list is empty")
+    keys = [normalise_name(c) for c in classes]
+    clashes = sorted({c for c, k in zip(classes, keys) if keys.count(k) > 1})
+    if clashes:
+        raise _fail(path, f"class names that only differ in case or separators: {clashes}")
+    return classes
+
+
+def _parse_images(path: Path, name: str, raw: Any) -> dict[str, int]:
+    if raw is None:
+        return {}
+    if isinstance(raw, int):
+        return {"all": raw}
+    if isinstance(raw, dict) and set(raw) <= {"adapt", "test"}:
+        return {str(k): int(v) for k, v in raw.items()}
+    raise _fail(path, f"domain {name}: images must be a count or a mapping with adapt/test counts")
+
+
+def _parse_domains(
+    path: Path, raw: Any, layout: Layout, generator: ModuleType | None, n_classes: int
+) -> dict[str, Domain]:
+    if raw == FROM_GENERATOR:
+        if generator is None:
+            raise _fail(path, "domains: generator needs a synthetic layout")
+        raw = [str(d) for d in generator.DOMAINS]
+    if isinstance(raw, list):
+        raw = {str(d): {} for d in raw}
+    if not isinstance(raw, dict) or not raw:
+        raise _fail(path, "domains must be a non-empty mapping (name -> {folder, images}) or list")
+    domains: dict[str, Domain] = {}
+    for name, facts in raw.items():
+        facts = facts or {}
+        if not isinstance(facts, dict):
+            raise _fail(path, f"domain {name}: expected a mapping with 'folder' and 'images'")
+        _check_keys(path, f"domain {name}", facts, {"folder", "images"})
+        images = _parse_images(path, str(name), facts.get("images"))
+        if layout.kind == "synthetic" and not images:
+            images = {"all": layout.n_per_class * n_classes}
+        domains[str(name)] = Domain(str(name), _as_tuple(facts.get("folder")) or (str(name),), images)
+    return domains
+
+
+def _class_index(path: Path, item: Any, classes: list[str], where: str) -> list[int]:
+    """Expand one item of a class set: an index, an inclusive ``[a, b]`` range, or a class name."""
+    if isinstance(item, bool):
+        raise _fail(path, f"{where}: invalid class item {item!r}")
+    if isinstance(item, int):
+        indices = [item]
+    elif isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(v, int) for v in item):
+        if item[0] > item[1]:
+            raise _fail(path, f"{where}: empty range {list(item)}")
+        indices = list(range(item[0], item[1] + 1))
+    elif isinstance(item, str):
+        keys = [normalise_name(c) for c in classes]
+        if normalise_name(item) not in keys:
+            raise _fail(path, f"{where}: unknown class name {item!r}")
+        indices = [keys.index(normalise_name(item))]
+    else:
+        raise _fail(path, f"{where}: a class item is an index, an inclusive [first, last] range or a name, "
+                          f"got {item!r}")
+    bad = [i for i in indices if not 0 <= i < len(classes)]
+    if bad:
+        raise _fail(path, f"{where}: class index {bad[0]} out of range 0..{len(classes) - 1}")
+    return indices
+
+
+def _class_set(path: Path, raw: Any, classes: list[str], where: str, ordered: bool = False) -> tuple[int, ...]:
+    """Resolve ``all``, a count K (first K classes), or a list of items to pinned indices."""
+    if raw == "all":
+        return tuple(range(len(classes)))
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        if not 0 < raw <= len(classes):
+            raise _fail(path, f"{where}: count {raw} not in 1..{len(classes)}")
+        return tuple(range(raw))
+    if not isinstance(raw, list) or not raw:
+        raise _fail(path, f"{where}: expected 'all', a count, or a non-empty list of classes/ranges")
+    indices = [i for item in raw for i in _class_index(path, item, classes, where)]
+    if len(set(indices)) != len(indices):
+        raise _fail(path, f"{where}: a class is listed twice")
+    return tuple(indices) if ordered else tuple(sorted(indices))
+
+
+def _parse_protocols(path: Path, raw: Any, classes: list[str]) -> dict[str, Protocol]:
+    if not isinstance(raw, dict) or not raw:
+        raise _fail(path, "protocols must be a non-empty mapping (name -> {known, settings, test})")
+    protocols: dict[str, Protocol] = {}
+    for name, body in raw.items():
+        where = f"protocol {name}"
+        if not isinstance(body, dict) or "known" not in body or "settings" not in body:
+            raise _fail(path, f"{where}: needs 'known' and 'settings'")
+        _check_keys(path, where, body, _PROTOCOL_KEYS)
+        known = _class_set(path, body["known"], classes, f"{where}.known", ordered=True)
+        if len(known) == len(classes):
+            raise _fail(path, f"{where}.known: every class is known, so there is nothing to flag as unknown")
+        settings_raw = body["settings"]
+        if not isinstance(settings_raw, dict) or not settings_raw:
+            raise _fail(path, f"{where}.settings must map setting names to class sets")
+        settings = {
+            str(s).lower(): _class_set(path, v, classes, f"{where}.settings.{s}") for s, v in settings_raw.items()
+        }
+        test = _class_set(path, body.get("test", "all"), classes, f"{where}.test")
+        rest = tuple(i for i in range(len(classes)) if i not in set(known))
+        protocols[str(name).lower()] = Protocol(
+            name=str(name).lower(),
+            known=known,
+            settings=settings,
+            test=test,
+            order=known + rest,
+            description=str(body.get("description", "")),
+        )
+    return protocols
+
+
+def _parse_overrides(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise _fail(path, "overrides must map method names to hyper-parameter mappings")
+    return {str(k): dict(v) for k, v in raw.items()}
+
+
+def _parse_download(path: Path, raw: Any) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(d, dict) and "url" in d for d in raw):
+        raise _fail(path, "download must be a list of mappings with at least 'url'")
+    for entry in raw:
+        _check_keys(path, "download entry", entry, {"url", "domain", "dest", "extract", "md5"})
+    return [dict(d) for d in raw]
+
+
+def parse_spec(path: Path) -> DatasetSpec:
+    """Parse and validate one ``dataset.yaml``; any defect raises ``DataError`` naming the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise _fail(path, f"cannot read spec: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise _fail(path, "a spec is a YAML mapping")
+    _check_keys(path, "the spec", raw, _TOP_KEYS)
+    name = str(raw.get("name") or path.parent.name)
+    if name != path.parent.name:
+        raise _fail(path, f"name {name!r} must equal the folder name {path.parent.name!r}")
+    layout = _parse_layout(path, raw.get("layout"))
+    generator = load_generator(layout.generator) if layout.kind == "synthetic" else None
+    classes = _parse_classes(path, raw.get("classes", "classes.txt"), generator)
+    domain_facts = _parse_domains(path, raw.get("domains"), layout, generator, len(classes))
+    protocols = _parse_protocols(path, raw.get("protocols"), classes)
+    download = _parse_download(path, raw.get("download"))
+    stray = sorted({str(d["domain"]) for d in download if d.get("domain") is not None} - set(domain_facts))
+    if stray:
+        raise _fail(path, f"download entries name unknown domain(s) {stray}")
+    default = str(raw.get("default_protocol") or ("ueo" if "ueo" in protocols else next(iter(protocols))))
+    if default not in protocols:
+        raise _fail(path, f"default_protocol {default!r} is not one of {sorted(protocols)}")
+    return DatasetSpec(
+        name=name,
+        title=str(raw.get("title") or name),
+        path=path.parent,
+        classes=classes,
+        domains=list(domain_facts),
+        domain_facts=domain_facts,
+        layout=layout,
+        protocols=protocols,
+        default_protocol=default,
+        get=str(raw.get("get") or "").strip(),
+        download=download,
+        overrides=_parse_overrides(path, raw.get("overrides")),
+    )
