@@ -214,7 +214,7 @@ class Adapter:
             return self.hp["warmup_lr"] / self.hp["lr"]
         if self.hp["schedule"] == "constant" or total <= 0:
             return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * step / total))
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
     def autocast(self):
         """bf16 autocast on CUDA when ``amp`` is on; a no-op context on CPU."""
