@@ -59,7 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra Python files (or modules) that register methods")
     p.add_argument("--list", action="store_true", help="list registered methods, data sets and launchers, then exit")
     p.add_argument("--report-only", action="store_true", help="rebuild the tables from the records under --out")
+    _add_report_options(p)
     return p
+
+
+def _add_report_options(p: argparse.ArgumentParser) -> None:
+    """Options of the report (tables, statistics, plots) that every run and ``--report-only`` end with."""
+    from benchmark.report import ALL_METRICS, DEFAULT_ALPHA, DEFAULT_BASELINE, DEFAULT_METRICS
+
+    g = p.add_argument_group("report")
+    g.add_argument("--metrics", nargs="+", choices=ALL_METRICS, default=list(DEFAULT_METRICS), metavar="METRIC",
+                   help=f"metrics of the per-domain tables, ranks and plots (default: {' '.join(DEFAULT_METRICS)}); "
+                        "adapt_* / online_* name the transductive / online evaluations")
+    g.add_argument("--baseline", default=DEFAULT_BASELINE,
+                   help=f"method the paired significance tests compare against (default: {DEFAULT_BASELINE})")
+    g.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="N seeded resamples of the test samples for 95%% intervals (default: 0 = off)")
+    g.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help=f"significance level of the tests and the critical difference (default: {DEFAULT_ALPHA})")
+
+
+def _report_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``write_report`` from the parsed options."""
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap must be 0 (off) or a positive number of resamples, got {args.bootstrap}")
+    if not 0.0 < args.alpha < 1.0:
+        raise UsageError(f"--alpha must lie in (0, 1), got {args.alpha}")
+    return {"metrics": tuple(args.metrics), "baseline": args.baseline, "bootstrap": args.bootstrap,
+            "alpha": args.alpha}
 
 
 def _list_registries() -> str:
@@ -123,10 +150,11 @@ def _run(args: argparse.Namespace) -> int:
     from benchmark.sweep import SweepError, SweepRequest, build_sweep, parse_cfg_options
 
     out: Path = args.out
+    report_options = _report_options(args)
     if args.report_only:
         try:
-            write_report(out)
-        except FileNotFoundError as err:
+            write_report(out, **report_options)
+        except (FileNotFoundError, ValueError) as err:
             raise UsageError(str(err)) from err
         print((out / "leaderboard.md").read_text())
         return 0
@@ -145,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
     _check_data(args.datasets, args.data_root)
     launcher = LAUNCHERS.build({"type": args.launcher})
     records = launcher(specs, out, args.data_root, args.device)
-    write_report(out)
+    write_report(out, **report_options)
     print((out / "leaderboard.md").read_text())
     failed = [r for r in records if r.get("status") != "done"]
     skipped = sum(1 for r in records if r.get("skipped"))

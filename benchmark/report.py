@@ -1,24 +1,46 @@
-"""Run records -> leaderboard tables (``leaderboard.md``, ``leaderboard.csv``).
+"""Run records -> leaderboard, per-group tables, statistics, plots and a report page.
 
-Tables come only from the records on disk, never from logs, so a sweep split across machines
-can be reported later. Each leaderboard cell is the mean and the sample standard deviation
-(ddof = 1) over seeds of the per-seed average over domains; failed runs are counted and shown.
+Tables come only from the records on disk, never from logs, so a sweep split across machines can
+be reported later. A *group* is one protocol x data set x setting x backbone (model and weight
+tag): tables never mix them. Within a group every method is expected on every domain and seed
+that occurs in the group; a run that failed or is missing is shown as such, never dropped.
+
+Outputs under ``out``: ``leaderboard.md`` / ``leaderboard.csv`` (one row per method x group),
+``tables/<group>.{md,tex,csv}``, ``plots/*.{png,pdf}`` and ``report.md`` linking them. The
+output is a pure function of the records (sorted, no timestamps), so it is byte-identical when
+rebuilt from the same records.
 """
 from __future__ import annotations
 
 import math
+import re
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from benchmark.metrics import METRIC_NAMES
-from benchmark.records import load_records
+from benchmark import stats
+from benchmark.metrics import HIGHER_IS_BETTER, METRIC_NAMES
+from benchmark.records import PREDS, load_records
+from benchmark.reported import load_reported, match_reported, reported_files
+from benchmark.tables import (MARK_BETTER, MARK_WORSE, Cell, csv_rows, fmt_num, fmt_p, latex_grid,
+                              mark_best, markdown_ci_grid, markdown_grid)
 
-TABLE_METRICS = ("acc", "acc_pc", "auroc", "fpr95", "oscr", "h_score")
-DOMAIN_METRICS = ("acc_pc", "auroc", "h_score")
+DEFAULT_METRICS = ("acc_pc", "auroc", "h_score")
+SUMMARY_METRICS = ("acc", "acc_pc", "auroc", "fpr95", "oscr", "h_score")
+PARTS = (("test", ""), ("adapt", "adapt_"), ("adapt_online", "online_"))
+ALL_METRICS = tuple(p + m for _, p in PARTS for m in METRIC_NAMES)
+"""Every metric a record holds: test-set names, ``adapt_*`` (transductive) and ``online_*``."""
 GROUP = ["protocol", "dataset", "setting", "method"]
+TABLE_KEY = ["protocol", "dataset", "setting", "model", "pretrained"]
+DEFAULT_BASELINE = "zero_shot"
+DEFAULT_ALPHA = 0.05
+BOOTSTRAP_SEED = 0
+AVG = "avg"
 
 
 def method_label(method: str, hparams: dict[str, Any]) -> str:
@@ -38,8 +60,21 @@ def method_label(method: str, hparams: dict[str, Any]) -> str:
     return f"{method} ({', '.join(diffs)})" if diffs else method
 
 
+def split_metric(metric: str) -> tuple[str, str]:
+    """``(part of preds.npz, base metric)``: ``adapt_auroc`` -> ``("adapt", "auroc")``, ``h_score`` -> test."""
+    for part, prefix in (("adapt", "adapt_"), ("online", "online_")):
+        if metric.startswith(prefix):
+            return part, metric[len(prefix):]
+    return "test", metric
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of a metric, ``adapt_`` / ``online_`` prefixes included (only ``fpr95`` is lower-is-better)."""
+    return HIGHER_IS_BETTER[split_metric(metric)[1]]
+
+
 def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per record: the spec axes, the status and the test/adapt metrics."""
+    """One row per record: the spec axes, method label and name, status, data facts and all metrics."""
     rows = []
     for rec in records:
         spec = rec.get("spec", {})
@@ -50,101 +85,535 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "domain": spec.get("domain"),
             "seed": spec.get("seed"),
             "method": method_label(spec.get("method", "?"), spec.get("hparams", {})),
+            "name": spec.get("method", "?"),
+            "model": spec.get("model"),
+            "pretrained": spec.get("pretrained"),
             "status": rec.get("status", "unknown"),
             "error": rec.get("error"),
+            "dir": rec.get("_dir"),
+            "num_known": (rec.get("data") or {}).get("num_known"),
+            "history": rec.get("history") or [],
         }
-        for part, prefix in (("test", ""), ("adapt", "adapt_"), ("adapt_online", "online_")):
+        for part, prefix in PARTS:
             for m in METRIC_NAMES:
-                v = rec.get("metrics", {}).get(part, {}).get(m)
+                v = (rec.get("metrics") or {}).get(part, {}).get(m)
                 row[prefix + m] = float("nan") if v is None else float(v)
         rows.append(row)
-    cols = ["protocol", "dataset", "setting", "domain", "seed", "method", "status", "error"]
-    return pd.DataFrame(rows, columns=cols + [p + m for p in ("", "adapt_", "online_") for m in METRIC_NAMES])
+    cols = ["protocol", "dataset", "setting", "domain", "seed", "method", "name", "model", "pretrained", "status",
+            "error", "dir", "num_known", "history"]
+    return pd.DataFrame(rows, columns=cols + list(ALL_METRICS))
+
+
+def _axes(g: pd.DataFrame) -> tuple[list[str], list[Any]]:
+    """The domains and seeds of a group, sorted."""
+    return sorted(g.domain.dropna().unique()), sorted(g.seed.dropna().unique())
+
+
+def _seed_domain_table(mg: pd.DataFrame, metric: str, domains: list[str]) -> pd.DataFrame:
+    """Seeds x domains of one method's finished, finite values (mean over duplicate records)."""
+    done = mg[(mg.status == "done") & np.isfinite(mg[metric])]
+    return done.groupby(["seed", "domain"])[metric].mean().unstack("domain").reindex(columns=domains)
 
 
 def leaderboard(df: pd.DataFrame, metrics: tuple[str, ...] = METRIC_NAMES) -> pd.DataFrame:
-    """One row per protocol x data set x setting x method: mean/std over seeds of domain averages.
+    """One row per protocol x data set x setting x method (x backbone): mean/std over seeds of domain averages.
 
-    A seed contributes only when all of its domains finished (otherwise its average would be over
-    a different set of domains); ``n_failed`` counts failed runs of the row.
+    A seed contributes only when it finished every domain of the group (otherwise its average
+    would be over other domains); ``n_failed`` and ``n_missing`` count failed and absent runs.
     """
     out = []
-    for key, g in df.groupby(GROUP, sort=True, dropna=False):
-        done = g[g.status == "done"]
-        n_domains = g.domain.nunique()
-        per_seed = done.groupby("seed")
-        complete = [s for s, sg in per_seed if sg.domain.nunique() == n_domains]
-        seed_avgs = done[done.seed.isin(complete)].groupby("seed")[list(metrics)].mean()
-        row = dict(zip(GROUP, key))
-        row.update(n_seeds=len(complete), n_domains=n_domains, n_runs=len(g), n_failed=int((g.status != "done").sum()))
-        for m in metrics:
-            row[f"{m}_mean"] = seed_avgs[m].mean() if len(seed_avgs) else float("nan")
-            row[f"{m}_std"] = seed_avgs[m].std(ddof=1) if len(seed_avgs) > 1 else float("nan")
-        out.append(row)
-    return pd.DataFrame(out)
+    for key, g in df.groupby(TABLE_KEY, sort=True, dropna=False):
+        domains, seeds = _axes(g)
+        for method, mg in g.groupby("method", sort=True):
+            row = dict(zip(TABLE_KEY, key))
+            row["method"] = method
+            present = set(zip(mg.domain, mg.seed))
+            n_missing = sum((d, s) not in present for d in domains for s in seeds)
+            tables = {m: _seed_domain_table(mg, m, domains).dropna() for m in metrics}
+            complete = tables[metrics[0]] if metrics else pd.DataFrame()
+            row.update(n_seeds=len(complete), n_domains=len(domains), n_runs=len(mg),
+                       n_failed=int((mg.status != "done").sum()), n_missing=n_missing)
+            for m in metrics:
+                mean, std = stats.mean_std(tables[m].mean(axis=1).to_numpy())
+                row[f"{m}_mean"], row[f"{m}_std"] = mean, std
+            out.append(row)
+    cols = ["protocol", "dataset", "setting", "method", "model", "pretrained", "n_seeds", "n_domains", "n_runs",
+            "n_failed", "n_missing"]
+    return pd.DataFrame(out, columns=cols + [f"{m}_{s}" for m in metrics for s in ("mean", "std")])
 
 
-def _cell(mean: float, std: float) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "n/a"
-    if std is None or (isinstance(std, float) and math.isnan(std)):
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {std:.1f}"
+@dataclass
+class Ranking:
+    """Average ranks of the methods finished on every block, with Friedman and Nemenyi results."""
+
+    methods: list[str]
+    result: stats.FriedmanResult
+    cliques: list[tuple[int, int]]
 
 
-def _domain_table(g: pd.DataFrame, metric: str) -> str:
-    """Methods x domains table of one metric (mean ± std over seeds) plus the average column."""
-    done = g[g.status == "done"]
-    domains = sorted(g.domain.unique())
+@dataclass
+class TestRow:
+    """One method against the baseline on one metric, with Holm-adjusted p-values."""
+
+    method: str
+    result: stats.PairedResult
+    holm_wilcoxon: float
+    holm_ttest: float
+    mark: str
+
+
+@dataclass
+class Group:
+    """Everything reported about one protocol x data set x setting x backbone."""
+
+    key: tuple[str, str, str, str, str]
+    frame: pd.DataFrame
+    methods: list[str]
+    domains: list[str]
+    seeds: list[Any]
+    baseline: str | None
+    grids: dict[str, dict[str, dict[str, Cell]]] = field(default_factory=dict)
+    tests: dict[str, list[TestRow]] = field(default_factory=dict)
+    ranks: dict[str, Ranking | None] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        protocol, dataset, setting, model, pretrained = self.key
+        return f"{dataset} / {setting} (protocol {protocol}, {model} / {pretrained})"
+
+    @property
+    def slug(self) -> str:
+        protocol, dataset, setting, model, pretrained = self.key
+        tag = Path(str(pretrained)).stem if "/" in str(pretrained) else str(pretrained)
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{dataset}_{setting}_{protocol}_{model}_{tag}").strip("-")
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.domains, AVG]
+
+    def seeds_text(self) -> str:
+        return f"n = {len(self.seeds)} seed{'s' if len(self.seeds) != 1 else ''} ({', '.join(map(str, self.seeds))})"
+
+
+def _grid(g: Group, metric: str) -> dict[str, dict[str, Cell]]:
+    """Methods x (domains, avg) cells of one metric; avg = per-seed mean over domains, then over seeds."""
+    grid: dict[str, dict[str, Cell]] = {}
+    n = len(g.seeds)
+    for method in g.methods:
+        mg = g.frame[g.frame.method == method]
+        table = _seed_domain_table(mg, metric, g.domains)
+        row = {}
+        for d in g.domains:
+            vals = table[d].dropna().to_numpy() if d in table else np.empty(0)
+            has_records = bool((mg.domain == d).any())
+            state = "ok" if len(vals) else ("failed" if has_records else "missing")
+            row[d] = Cell(*stats.mean_std(vals), n_done=len(vals), n_expected=n, state=state)
+        avg = table.dropna().mean(axis=1).to_numpy()
+        if len(avg):
+            state = "ok"
+        elif not len(mg):
+            state = "missing"
+        else:
+            state = "failed" if (mg.status != "done").all() else "incomplete"
+        row[AVG] = Cell(*stats.mean_std(avg), n_done=len(avg), n_expected=n, state=state)
+        grid[method] = row
+    mark_best(grid, g.columns, higher_is_better(metric))
+    return grid
+
+
+def _pairs(frame: pd.DataFrame, method: str, metric: str) -> pd.Series:
+    """Finished, finite values of one method indexed by (domain, seed)."""
+    mg = frame[(frame.method == method) & (frame.status == "done") & np.isfinite(frame[metric])]
+    return mg.groupby(["domain", "seed"])[metric].mean()
+
+
+def _tests(g: Group, metric: str, alpha: float) -> list[TestRow]:
+    """Each method against the baseline over the (domain, seed) pairs both finished; Holm across methods."""
+    if g.baseline is None:
+        return []
+    base = _pairs(g.frame, g.baseline, metric)
+    results = []
+    for method in g.methods:
+        if method == g.baseline:
+            continue
+        vals = _pairs(g.frame, method, metric)
+        common = vals.index.intersection(base.index).sort_values()
+        results.append((method, stats.paired_tests(vals[common].to_numpy(), base[common].to_numpy())))
+    hw = stats.holm([r.p_wilcoxon for _, r in results])
+    ht = stats.holm([r.p_ttest for _, r in results])
     rows = []
-    for method, mg in g.groupby("method", sort=True):
-        md = done[done.method == method]
-        row = [method]
-        for d in domains:
-            vals = md[md.domain == d][metric]
-            row.append(_cell(vals.mean(), vals.std(ddof=1)) if len(vals) else "failed")
-        seeds = [s for s, sg in md.groupby("seed") if sg.domain.nunique() == len(domains)]
-        avg = md[md.seed.isin(seeds)].groupby("seed")[metric].mean()
-        row.append(_cell(avg.mean(), avg.std(ddof=1)) if len(avg) else "n/a")
-        rows.append(row)
-    return tabulate(rows, headers=["method", *domains, "avg"], tablefmt="github", disable_numparse=True)
+    for (method, r), pw, pt in zip(results, hw, ht):
+        mark = ""
+        if math.isfinite(pw) and pw < alpha and r.mean_diff != 0:
+            mark = MARK_BETTER if (r.mean_diff > 0) == higher_is_better(metric) else MARK_WORSE
+        rows.append(TestRow(method, r, pw, pt, mark))
+    return rows
 
 
-def leaderboard_markdown(df: pd.DataFrame) -> str:
-    """The Markdown leaderboard: per protocol x data set x setting, a summary and per-domain tables."""
-    board = leaderboard(df)
+def _ranking(g: Group, metric: str, alpha: float) -> Ranking | None:
+    """Friedman ranks over the (domain, seed) blocks on which every method with a finished run finished."""
+    done = g.frame[(g.frame.status == "done") & np.isfinite(g.frame[metric])]
+    table = done.groupby(["domain", "seed", "method"])[metric].mean().unstack("method")
+    methods = [m for m in g.methods if m in table.columns]
+    blocks = table[methods].dropna() if methods else table
+    if len(methods) < 2 or blocks.empty:
+        return None
+    result = stats.friedman(blocks.to_numpy(), higher_is_better(metric), alpha)
+    return Ranking(methods, result, stats.cd_cliques(result.avg_ranks, result.cd))
+
+
+def _bootstrap(g: Group, metrics: list[str], n_boot: int) -> None:
+    """Set each cell's 95% percentile interval over ``n_boot`` resamples of the evaluated samples.
+
+    Per method and domain one seeded generator draws the resamples; when all seeds were evaluated
+    on the same samples (same labels) they share each resample. A domain cell's replicate is the
+    mean over its finished seeds; the avg cell's is the mean over domains of the means over the
+    seeds that finished every domain.
+    """
+    by_part: dict[str, list[str]] = {}
+    for m in metrics:
+        part, base = split_metric(m)
+        if base in stats.BOOTSTRAP_METRICS:
+            by_part.setdefault(part, []).append(m)
+    for part, names in by_part.items():
+        bases = [split_metric(n)[1] for n in names]
+        for method in g.methods:
+            mg = g.frame[(g.frame.method == method) & (g.frame.status == "done")]
+            reps: dict[str, dict[str, dict[Any, np.ndarray]]] = {n: {} for n in names}
+            for d in g.domains:
+                runs = mg[mg.domain == d].drop_duplicates("seed").sort_values("seed")
+                arrays = [_load_preds(r.dir, part) for r in runs.itertuples()]
+                pairs = [(s, a, k) for s, a, k in zip(runs.seed, arrays, runs.num_known)
+                         if a is not None and pd.notna(k) and k > 0]
+                if not pairs:
+                    continue
+                rng = np.random.default_rng([BOOTSTRAP_SEED, zlib.crc32(f"{g.slug}|{method}|{d}|{part}".encode())])
+                shared = all(np.array_equal(a["label"], pairs[0][1]["label"]) for _, a, _ in pairs)
+                idx = stats.bootstrap_indices(len(pairs[0][1]["label"]), n_boot, rng) if shared else None
+                for s, a, k in pairs:
+                    i = idx if shared else stats.bootstrap_indices(len(a["label"]), n_boot, rng)
+                    out = stats.bootstrap_metrics(bases, a["pred"], a["score"], a["label"], int(k), i)
+                    for n, b in zip(names, bases):
+                        reps[n].setdefault(d, {})[s] = out[b]
+            for n in names:
+                row = g.grids[n][method]
+                for d, per_seed in reps[n].items():
+                    row[d].ci = stats.percentile_interval(np.mean(list(per_seed.values()), axis=0))
+                complete = [s for s in g.seeds if all(s in reps[n].get(d, {}) for d in g.domains)]
+                if complete:
+                    avg = np.mean([np.mean([reps[n][d][s] for s in complete], axis=0) for d in g.domains], axis=0)
+                    row[AVG].ci = stats.percentile_interval(avg)
+
+
+def _load_preds(run_dir: str | None, part: str) -> dict[str, np.ndarray] | None:
+    """``pred``, ``score``, ``label`` of one part (``test``, ``adapt``, ``online``) from ``preds.npz``."""
+    if not run_dir:
+        return None
+    path = Path(run_dir) / PREDS
+    try:
+        with np.load(path) as z:
+            return {k: z[f"{part}_{k}"] for k in ("pred", "score", "label")}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def analyse(df: pd.DataFrame, metrics: tuple[str, ...] = DEFAULT_METRICS, baseline: str = DEFAULT_BASELINE,
+            alpha: float = DEFAULT_ALPHA, bootstrap: int = 0) -> list[Group]:
+    """Cells, paired tests, ranks (and bootstrap intervals when ``bootstrap > 0``) of every group."""
+    stat_metrics = list(dict.fromkeys([*metrics, *SUMMARY_METRICS]))
+    groups = []
+    for key, frame in df.groupby(TABLE_KEY, sort=True, dropna=False):
+        labels = sorted(frame.method.unique())
+        names = dict(zip(frame.method, frame["name"]))
+        base = baseline if baseline in labels else next((m for m in labels if names[m] == baseline), None)
+        methods = ([base] if base else []) + [m for m in labels if m != base]
+        domains, seeds = _axes(frame)
+        g = Group(tuple(key), frame, methods, domains, seeds, base)
+        for m in stat_metrics:
+            g.grids[m] = _grid(g, m)
+            g.tests[m] = _tests(g, m, alpha)
+            for row in g.tests[m]:
+                g.grids[m][row.method][AVG].mark = row.mark
+        for m in metrics:
+            g.ranks[m] = _ranking(g, m, alpha)
+        if bootstrap > 0:
+            _bootstrap(g, list(metrics), bootstrap)
+        groups.append(g)
+    return groups
+
+
+def _caption(g: Group, metric: str, baseline: str | None, alpha: float) -> str:
+    direction = "higher is better" if higher_is_better(metric) else "lower is better"
+    n_dom = f"{len(g.domains)} domain{'s' if len(g.domains) != 1 else ''}"
+    text = (f"{g.title}: {metric} (%), mean ± sample std over {g.seeds_text()}; avg: mean over the "
+            f"{n_dom} within each seed, then over seeds. Bold: best per column ({direction}).")
+    if baseline:
+        text += (f" {MARK_BETTER}/{MARK_WORSE} on avg: significantly better/worse than {baseline} (paired Wilcoxon "
+                 f"over (domain, seed), Holm across methods, p < {alpha:g}).")
+    return text
+
+
+def _per_metric_markdown(g: Group, metrics: tuple[str, ...], alpha: float, bootstrap: int) -> list[str]:
+    lines = []
+    for m in metrics:
+        lines += [f"### {m} per domain", "", _caption(g, m, g.baseline, alpha), "",
+                  markdown_grid(g.grids[m], g.columns), ""]
+        if bootstrap > 0:
+            lines += [f"Bootstrap 95% percentile intervals of `{m}` ({bootstrap} resamples of the test samples, "
+                      f"seed {BOOTSTRAP_SEED}):", ""]
+            if split_metric(m)[1] in stats.BOOTSTRAP_METRICS:
+                lines += [markdown_ci_grid(g.grids[m], g.columns), ""]
+            else:
+                lines += [f"n/a: the bootstrap covers {', '.join(stats.BOOTSTRAP_METRICS)}.", ""]
+    return lines
+
+
+def _summary_markdown(g: Group) -> str:
+    rows = []
+    for method in g.methods:
+        cells = [g.grids[m][method][AVG] for m in SUMMARY_METRICS]
+        mg = g.frame[g.frame.method == method]
+        present = set(zip(mg.domain, mg.seed))
+        n_missing = sum((d, s) not in present for d in g.domains for s in g.seeds)
+        texts = [(f"**{c.value()}**" if c.bold else c.value()) + c.mark for c in cells]
+        rows.append([method, *texts, cells[0].n_done, int((mg.status != "done").sum()), n_missing])
+    return tabulate(rows, headers=["method", *SUMMARY_METRICS, "seeds", "failed", "missing"], tablefmt="github",
+                    disable_numparse=True)
+
+
+def _tests_markdown(g: Group, metrics: list[str], alpha: float) -> list[str]:
+    if g.baseline is None:
+        return ["No baseline run in this group: no paired tests.", ""]
+    rows = []
+    for m in metrics:
+        for t in g.tests[m]:
+            r = t.result
+            rows.append([t.method, m, r.n, fmt_num(r.mean_diff), fmt_p(r.p_wilcoxon), fmt_p(t.holm_wilcoxon),
+                         fmt_p(r.p_ttest), fmt_p(t.holm_ttest), t.mark])
+    if not rows:
+        return [f"Only the baseline `{g.baseline}` ran: no paired tests.", ""]
+    return [f"Each method minus `{g.baseline}` over the (domain, seed) pairs both finished: mean difference in "
+            f"points, two-sided p-values of the paired Wilcoxon signed-rank test and the paired t-test, and their "
+            f"Holm-adjusted values across the methods of this table (per metric and test); for fpr95 a negative "
+            f"difference is an improvement. Marked: Holm-adjusted "
+            f"Wilcoxon p < {alpha:g}. n/a: too few pairs, all differences zero, or zero variance.", "",
+            tabulate(rows, headers=["method", "metric", "pairs", "mean diff", "Wilcoxon p", "Holm", "t-test p", "Holm",
+                                    "sig."], tablefmt="github", disable_numparse=True), ""]
+
+
+def _ranks_markdown(g: Group, metrics: tuple[str, ...], alpha: float) -> list[str]:
+    ranked = {m: r for m, r in g.ranks.items() if r is not None}
+    if not ranked:
+        return ["Fewer than two methods share a finished (domain, seed) block: no ranks.", ""]
+    rows = []
+    for method in g.methods:
+        cells = []
+        for m in metrics:
+            r = ranked.get(m)
+            cells.append(fmt_num(r.result.avg_ranks[r.methods.index(method)]) if r and method in r.methods else "n/a")
+        rows.append([method, *cells])
+    lines = ["Average rank (1 = best; ties share the mean rank) over the (domain, seed) blocks on which every "
+             "ranked method finished.", "",
+             tabulate(rows, headers=["method", *metrics], tablefmt="github", disable_numparse=True), ""]
+    for m in metrics:
+        r = ranked.get(m)
+        if r is None:
+            lines.append(f"- {m}: n/a (fewer than two methods share a finished block)")
+            continue
+        f = r.result
+        friedman = (f"Friedman chi2 = {fmt_num(f.statistic)}, p = {fmt_p(f.pvalue)}" if len(r.methods) >= 3
+                    else "Friedman n/a (needs 3 or more methods)")
+        lines.append(f"- {m}: N = {f.n_blocks} blocks, k = {len(r.methods)} methods; {friedman}; "
+                     f"Nemenyi CD (alpha = {alpha:g}) = {fmt_num(f.cd)}")
+    return lines + [""]
+
+
+def _reported_markdown(g: Group, reported: pd.DataFrame) -> list[str]:
+    protocol, dataset, setting, model, pretrained = g.key
+    rows = []
+    for r in match_reported(reported, protocol, dataset, setting, model, pretrained).itertuples():
+        if r.method not in g.methods or (r.domain != AVG and r.domain not in g.domains):
+            continue
+        grid = g.grids.get(r.metric) or _grid(g, r.metric)
+        cell = grid[r.method][r.domain]
+        gap = cell.mean - r.value if cell.ok else math.nan
+        rows.append([r.method, r.domain, r.metric, f"{r.value:.1f}", cell.value() + cell.suffix(),
+                     f"{gap:+.1f}" if math.isfinite(gap) else "n/a", r.source])
+    if not rows:
+        return []
+    return ["Published numbers for the same data set, protocol, setting and backbone; gap = measured - published.",
+            "", tabulate(rows, headers=["method", "domain", "metric", "published", "measured", "gap", "source"],
+                         tablefmt="github", disable_numparse=True), ""]
+
+
+def _problems_markdown(g: Group) -> list[str]:
+    lines = []
+    bad = g.frame[g.frame.status != "done"].sort_values(["method", "domain", "seed"], kind="mergesort")
+    for r in bad.itertuples():
+        reason = r.error.splitlines()[0] if isinstance(r.error, str) and r.error else "no error recorded"
+        lines.append(f"- {r.method} {r.domain} seed {r.seed}: {r.status}: {reason}")
+    for method in g.methods:
+        mg = g.frame[g.frame.method == method]
+        present = set(zip(mg.domain, mg.seed))
+        lines += [f"- {method} {d} seed {s}: missing (no record)" for d in g.domains for s in g.seeds
+                  if (d, s) not in present]
+    return (["Failed and missing runs:", "", *lines, ""]) if lines else []
+
+
+def leaderboard_markdown(groups: list[Group], df: pd.DataFrame, metrics: tuple[str, ...] = DEFAULT_METRICS,
+                         baseline: str = DEFAULT_BASELINE, alpha: float = DEFAULT_ALPHA, bootstrap: int = 0,
+                         reported: pd.DataFrame | None = None) -> str:
+    """The Markdown leaderboard: conventions, then per group a summary, per-domain tables and statistics."""
+    n_done = int((df.status == "done").sum())
+    n_missing = sum(len(g.methods) * len(g.domains) * len(g.seeds) - len(set(zip(g.frame.method, g.frame.domain,
+                                                                                g.frame.seed))) for g in groups)
     lines = ["# Leaderboard", "",
-             f"Built from {len(df)} run records ({int((df.status == 'done').sum())} done, "
-             f"{int((df.status != 'done').sum())} failed). Metrics in percent on the test set (all classes; "
-             "known = the first K). Each cell: mean ± sample std over seeds of the average over domains; "
-             "fpr95: lower is better, all others higher.", ""]
-    for (protocol, dataset, setting), g in df.groupby(["protocol", "dataset", "setting"], sort=True):
-        b = board[(board.protocol == protocol) & (board.dataset == dataset) & (board.setting == setting)]
-        n_seeds = sorted(set(b.n_seeds))
-        lines += [f"## {dataset} / {setting} (protocol {protocol})", "",
-                  f"Mean ± std over n = {', '.join(map(str, n_seeds))} seeds of the average over "
-                  f"{int(b.n_domains.max())} domains.", ""]
-        rows = [[r.method, *[_cell(r[f"{m}_mean"], r[f"{m}_std"]) for m in TABLE_METRICS], r.n_seeds, r.n_failed]
-                for _, r in b.iterrows()]
-        lines += [tabulate(rows, headers=["method", *TABLE_METRICS, "seeds", "failed"], tablefmt="github",
-                           disable_numparse=True), ""]
-        for m in DOMAIN_METRICS:
-            lines += [f"Per domain: `{m}`", "", _domain_table(g, m), ""]
-        failed = g[g.status != "done"]
-        if len(failed):
-            lines += ["Failed runs:", ""]
-            lines += [f"- {r.method} {r.domain} seed {r.seed}: {r.error}" for r in failed.itertuples()]
-            lines.append("")
-    return "\n".join(lines)
+             f"Built from {len(df)} run records ({n_done} done, {len(df) - n_done} failed; {n_missing} expected runs "
+             f"missing). Metrics in percent on the test set (all classes; known = the first K); fpr95: lower is "
+             f"better, all others higher.", "",
+             "- Cells: mean ± sample standard deviation (ddof = 1) over seeds; n is in each caption. `avg` and the "
+             "summary: mean over the domains within each seed, then mean ± std over the seeds that finished every "
+             "domain.",
+             "- **Bold**: best of its column (on the printed value). `(d/n)`: only d of the n seeds finished. "
+             "`failed`: every run of the cell failed; `missing`: no record; `incomplete`: no seed finished every "
+             "domain.",
+             f"- {MARK_BETTER} / {MARK_WORSE}: significantly better / worse than the baseline `{baseline}` (paired "
+             f"Wilcoxon signed-rank test over (domain, seed) pairs, Holm-corrected across methods, p < {alpha:g}).",
+             ""]
+    for g in groups:
+        lines += [f"## {g.title}", "",
+                  f"Summary: {len(g.domains)} domains ({', '.join(g.domains)}), {g.seeds_text()}. Each metric: "
+                  f"mean ± std over seeds of the average over domains.", "", _summary_markdown(g), ""]
+        lines += _per_metric_markdown(g, metrics, alpha, bootstrap)
+        lines += [f"### Significance against {g.baseline or baseline}", ""]
+        lines += _tests_markdown(g, list(g.tests), alpha)
+        lines += ["### Average ranks", ""] + _ranks_markdown(g, metrics, alpha)
+        pub = _reported_markdown(g, reported) if reported is not None else []
+        if pub:
+            lines += ["### Published numbers", "", *pub]
+        lines += _problems_markdown(g)
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def write_report(out: Path) -> pd.DataFrame:
-    """Rebuild ``leaderboard.md`` and ``leaderboard.csv`` under ``out`` from its records."""
+def write_tables(groups: list[Group], out: Path, metrics: tuple[str, ...], alpha: float) -> dict[str, list[Path]]:
+    """``tables/<group>.md``, ``.tex`` and ``.csv`` (long format) per group; returns the paths by group slug.
+
+    Tables of an earlier report in ``tables/`` are removed first, so none outlives its records.
+    """
+    tdir = out / "tables"
+    tdir.mkdir(parents=True, exist_ok=True)
+    for old in sorted(tdir.glob("*")):
+        if old.suffix in (".md", ".tex", ".csv"):
+            old.unlink()
+    paths = {}
+    for g in groups:
+        md = [f"# {g.title}", ""]
+        tex = []
+        rows = []
+        for m in metrics:
+            md += [f"## {m}", "", _caption(g, m, g.baseline, alpha), "", markdown_grid(g.grids[m], g.columns), ""]
+            tex += [latex_grid(g.grids[m], g.columns, _caption(g, m, g.baseline, alpha), f"tab:{g.slug}-{m}"), ""]
+            rows += [dict(zip(TABLE_KEY, g.key), metric=m, **r) for r in csv_rows(g.grids[m], g.columns)]
+        files = [tdir / f"{g.slug}.md", tdir / f"{g.slug}.tex", tdir / f"{g.slug}.csv"]
+        files[0].write_text("\n".join(md).rstrip("\n") + "\n")
+        files[1].write_text("\n".join(tex).rstrip("\n") + "\n")
+        pd.DataFrame(rows).to_csv(files[2], index=False, float_format="%.4f", lineterminator="\n")
+        paths[g.slug] = files
+    return paths
+
+
+def write_plots(groups: list[Group], out: Path, metrics: tuple[str, ...]) -> dict[str, list[Path]]:
+    """Bars, a critical-difference diagram, the accuracy/AUROC trade-off and training curves per group.
+
+    Figures of an earlier report in ``plots/`` are removed first.
+    """
+    from benchmark import plots
+
+    pdir = out / "plots"
+    pdir.mkdir(parents=True, exist_ok=True)
+    for old in sorted(pdir.glob("*")):
+        if old.suffix in (".png", ".pdf"):
+            old.unlink()
+    made: dict[str, list[Path]] = {}
+    primary = "h_score" if "h_score" in metrics else metrics[0]
+    for g in groups:
+        files = plots.grouped_bars({m: g.grids[m] for m in metrics}, g.columns, g.title, pdir / f"bars_{g.slug}")
+        r = g.ranks.get(primary)
+        if r is not None:
+            files += plots.cd_diagram(r.methods, r.result.avg_ranks, r.result.cd, r.cliques,
+                                      f"{g.title}: average rank of {primary} (N = {r.result.n_blocks})",
+                                      pdir / f"cd_{g.slug}_{primary}")
+        acc, au = g.grids["acc_pc"], g.grids["auroc"]
+        points = [(m, d, acc[m][d], au[m][d]) for m in g.methods for d in g.domains]
+        files += plots.tradeoff(points, g.methods, g.title, pdir / f"tradeoff_{g.slug}")
+        done = g.frame[g.frame.status == "done"]
+        histories = {m: [h for h in done[done.method == m].history if h] for m in g.methods}
+        histories = {m: h for m, h in histories.items() if h}
+        if histories:
+            files += plots.curves(histories, g.methods, g.title, pdir / f"curves_{g.slug}")
+        made[g.slug] = files
+    return made
+
+
+def report_markdown(groups: list[Group], out: Path, tables: dict[str, list[Path]], figures: dict[str, list[Path]],
+                    metrics: tuple[str, ...], baseline: str) -> str:
+    """``report.md``: links to the leaderboard, tables and figures, and each group's best methods."""
+    def rel(p: Path) -> str:
+        return p.relative_to(out).as_posix()
+
+    lines = ["# Report", "",
+             "Built from the run records under `runs/`; rebuild with `python run_bench.py --report-only --out DIR`.",
+             "", "- [Leaderboard](leaderboard.md): all tables, significance tests, ranks, failed and missing runs",
+             "- [leaderboard.csv](leaderboard.csv): one row per method x data set x setting (mean and std over seeds)",
+             ""]
+    captions = {"bars": "Mean ± std over seeds per domain and average",
+                "cd": "Critical-difference diagram (Nemenyi): methods joined by a bar do not differ significantly",
+                "tradeoff": "Known-class accuracy against AUROC per method and domain",
+                "curves": "Training curves (mean ± std over runs) per epoch"}
+    for g in groups:
+        lines += [f"## {g.title}", ""]
+        files = tables.get(g.slug, [])
+        if files:
+            lines += ["Tables: " + ", ".join(f"[{p.suffix[1:]}]({rel(p)})" for p in files), ""]
+        for m in metrics:
+            ok = {name: row[AVG] for name, row in g.grids[m].items() if row[AVG].ok and row[AVG].bold}
+            if ok:
+                best = "; ".join(f"{name} {c.value()}{c.mark}" for name, c in ok.items())
+                lines.append(f"- best average `{m}`: {best}")
+        lines.append("")
+        for png in [p for p in figures.get(g.slug, []) if p.suffix == ".png"]:
+            kind = png.stem.split("_", 1)[0]
+            pdf = png.with_suffix(".pdf")
+            lines += [f"{captions.get(kind, kind)} ([PDF]({rel(pdf)})):", "", f"![{kind}]({rel(png)})", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_report(out: Path, metrics: tuple[str, ...] | list[str] = DEFAULT_METRICS,
+                 baseline: str = DEFAULT_BASELINE, alpha: float = DEFAULT_ALPHA, bootstrap: int = 0,
+                 plots: bool = True, reported: list[Path] | None = None) -> pd.DataFrame:
+    """Rebuild the leaderboard, tables, plots and report page under ``out`` from its records.
+
+    ``metrics``: per-domain tables, ranks and plots (any of :data:`ALL_METRICS`); ``baseline``: the
+    method the paired tests compare against; ``bootstrap``: number of resamples of the test samples
+    for 95% intervals (0 = off); ``reported``: published-number files (default: every
+    ``datasets/*/reported.csv``). Returns the leaderboard frame.
+    """
     out = Path(out)
+    metrics = tuple(metrics)
+    unknown = [m for m in metrics if m not in ALL_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; valid: {', '.join(ALL_METRICS)}")
     df = records_frame(load_records(out))
     if df.empty:
         raise FileNotFoundError(f"no run records under {out / 'runs'}; run a sweep first")
+    sources = reported_files() if reported is None else list(reported)
+    published = load_reported(sources)
+    groups = analyse(df, metrics, baseline, alpha, bootstrap)
     board = leaderboard(df)
-    board.to_csv(out / "leaderboard.csv", index=False, float_format="%.4f")
-    (out / "leaderboard.md").write_text(leaderboard_markdown(df))
+    board.to_csv(out / "leaderboard.csv", index=False, float_format="%.4f", lineterminator="\n")
+    (out / "leaderboard.md").write_text(leaderboard_markdown(groups, df, metrics, baseline, alpha, bootstrap,
+                                                             published))
+    tables = write_tables(groups, out, metrics, alpha)
+    figures = write_plots(groups, out, metrics) if plots else {}
+    (out / "report.md").write_text(report_markdown(groups, out, tables, figures, metrics, baseline))
     return board
