@@ -109,6 +109,22 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def adapt_rows_in_test(split) -> np.ndarray | None:
+    """Row of each adapt image in the test set when the split is transductive, else None.
+
+    In transductive data sets (Office, Office-Home, VisDA, synthetic) the adapt set is a subset
+    of the test set, so the adapted model is evaluated once and the adapt-set metrics are taken
+    from the same predictions instead of a second forward pass.
+    """
+    position = {path: i for i, path in enumerate(split.test.paths)}
+    rows = [position.get(path) for path in split.adapt.paths]
+    if any(r is None for r in rows):
+        return None
+    rows = np.asarray(rows, dtype=np.int64)
+    same = torch.equal(split.adapt.images, split.test.images[torch.from_numpy(rows)])
+    return rows if same else None
+
+
 def execute(spec: RunSpec, out: Path, data_root: str | None = None, device: str = "cpu") -> dict[str, Any]:
     """Run ``spec`` unless its record is complete; return the record (``skipped`` says which)."""
     run_dir = Path(out) / "runs" / spec.hash
@@ -147,11 +163,14 @@ def execute(spec: RunSpec, out: Path, data_root: str | None = None, device: str 
         t = time.perf_counter()
         arrays: dict[str, np.ndarray] = {}
         metrics: dict[str, dict[str, float]] = {}
-        for part, images_labels in (("test", split.test), ("adapt", split.adapt)):
-            p = predict_set(adapter, images_labels.images, seed=seed)
-            metrics[part] = score_predictions(p["pred"], p["score"], images_labels.labels, split.num_known)
+        test_preds = predict_set(adapter, split.test.images, seed=seed)
+        rows = adapt_rows_in_test(split)
+        adapt_preds = (predict_set(adapter, split.adapt.images, seed=seed) if rows is None
+                       else {k: v[rows] for k, v in test_preds.items()})
+        for part, p, labels in (("test", test_preds, split.test.labels), ("adapt", adapt_preds, split.adapt.labels)):
+            metrics[part] = score_predictions(p["pred"], p["score"], labels, split.num_known)
             arrays.update({f"{part}_{k}": v for k, v in p.items()})
-            arrays[f"{part}_label"] = images_labels.labels
+            arrays[f"{part}_label"] = labels
         if adapter.online_predictions is not None:
             online = {k: v.cpu().numpy() for k, v in adapter.online_predictions.items()}
             labels = split.adapt.labels[online["index"]]
