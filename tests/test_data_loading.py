@@ -78,7 +78,7 @@ def test_office_home_oda_labels_paths_and_images(office_home_root: Path) -> None
     assert split.info["adapt_classes"] == sorted(i for i in index.values() if i <= 59)
     assert split.info["test_classes"] == sorted(index.values())
     assert "Bed" in split.info["missing_classes"]
-    assert split.test.paths == sorted(split.test.paths)
+    assert list(zip(split.test.classes, split.test.paths)) == sorted(zip(split.test.classes, split.test.paths))
     assert all(p.startswith("office_home/Art/") for p in split.test.paths)
     for row, path in enumerate(split.test.paths):
         folder = path.split("/")[2]
@@ -341,7 +341,7 @@ def test_decode_cache_is_reused_and_invalidated(
 
     cache = tmp_path / "cache"
     first = load_split("office_home", domain="Art", setting="oda", data_root=office_home_root, resolution=R, cache=cache)
-    assert len(list(cache.glob("*.u8"))) == 2
+    assert len(list(cache.glob("*.u8"))) == 1, "the oda adapt set is a view of the domain, not another entry"
     monkeypatch.setenv("CLIPBENCH_CACHE", str(cache))
 
     def refuse(path: object, resolution: int) -> torch.Tensor:

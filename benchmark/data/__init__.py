@@ -5,7 +5,13 @@ Public API::
     dataset_names() -> list[str]
     get_spec(name) -> DatasetSpec          # unknown name: KeyError listing the valid names
     load_split(name, domain, setting, protocol=None, data_root=None, resolution=224, threads=None, cache=None) -> Split
+                                           # cache None: $CLIPBENCH_CACHE, else <data_root>/.clipbench_cache
     DataError                              # missing/unreadable data, with an actionable message
+
+Getting and checking data (``python -m benchmark.data download|prepare|verify|cache``) lives in
+``fetch`` (download), ``install`` (prepare: archives into the layout), ``verify`` and ``cache``;
+below them ``transfer`` (resumable HTTP), ``archives`` (safe extraction), ``sources`` (sizes and
+checksums against the spec) and ``manifest`` (what was installed).
 
 Importing the package registers every data set in ``benchmark.registry.DATASETS``.
 """

@@ -1,22 +1,29 @@
-"""``python -m benchmark.data``: list data sets, describe one, fetch it, or check a data root.
+"""``python -m benchmark.data``: list data sets, describe one, get one into a data root, check it, cache it.
 
     python -m benchmark.data list
     python -m benchmark.data info office_home
-    python -m benchmark.data download visda2017 --data-root DIR [--domains real]
-    python -m benchmark.data check office_home --data-root DIR [--domains Art] [--decode]
+    python -m benchmark.data download visda2017 --data-root DIR [--domains real] [--keep-archives] [--overwrite]
+    python -m benchmark.data prepare office_home --archive OfficeHomeDataset_10072016.zip --data-root DIR
+    python -m benchmark.data verify office_home --data-root DIR [--domains Art] [--decode]   (alias: check)
+    python -m benchmark.data cache office_home --data-root DIR [--resolution 224] [--cache DIR]
 
 Exit status: 0 when all is well, 1 when data are missing or wrong, 2 on bad arguments.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
+from benchmark.data.cache import CACHE_ENV, CACHE_FOLDER
 from benchmark.data.catalog import dataset_names, get_spec
 from benchmark.data.errors import DataError, UnknownNameError
 from benchmark.data.fetch import download
-from benchmark.data.images import read_images
-from benchmark.data.locate import dataset_root, expected_layout, how_to_get, locate, resolve_data_root
+from benchmark.data.install import prepare
+from benchmark.data.locate import DATA_ROOT_ENV, expected_layout, how_to_get
+from benchmark.data.split import decode_domain
+from benchmark.data.verify import verify
 
 
 def format_indices(indices: list[int]) -> str:
@@ -61,70 +68,102 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> int:
+def _verify(args: argparse.Namespace) -> int:
     spec = get_spec(args.name)
     if spec.layout.kind == "synthetic":
-        print(f"{spec.name} is generated at run time; nothing to check")
+        print(f"{spec.name} is generated at run time; nothing to verify")
         return 0
-    try:
-        dataset_root(spec, resolve_data_root(spec, args.data_root))
-    except DataError as exc:
-        print(f"[missing] {exc}")
-        return 1
-    status = 0
-    for domain in args.domains or spec.domains:
-        try:
-            files = locate(spec, domain, args.data_root)
-        except DataError as exc:
-            print(f"[missing] {spec.name}/{domain}: {exc}")
-            status = 1
-            continue
-        sets = {"all": files.test} if files.transductive else {"adapt": files.adapt, "test": files.test}
-        expected = spec.domain(domain).images
-        for label, fileset in sets.items():
-            found, wanted = len(fileset.paths), expected.get(label)
-            ok = wanted is None or found == wanted
-            status = status if ok else 1
-            absent = sorted(set(range(len(spec.classes))) - set(fileset.labels.tolist()))
-            note = f"; classes without images: {[spec.classes[i] for i in absent]}" if absent else ""
-            print(f"[{'ok' if ok else 'count'}] {spec.name}/{domain} {label}: {found} images (expected {wanted}){note}")
-            if args.decode:
-                try:
-                    read_images(fileset.paths, 32, desc=f"{spec.name}/{domain} {label}")
-                except DataError as exc:
-                    print(f"[corrupt] {exc}")
-                    status = 1
-    return status
+    report = verify(spec, args.data_root, args.domains, decode=args.decode, threads=args.threads)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
 
 
 def _download(args: argparse.Namespace) -> int:
     spec = get_spec(args.name)
     if not spec.download:
-        print(f"{spec.title} cannot be downloaded automatically.\n{how_to_get(spec)}")
+        print(f"{spec.title} cannot be downloaded automatically.\n{how_to_get(spec)}\n"
+              f"Then: python -m benchmark.data prepare {spec.name} --archive FILE --data-root DIR")
         return 1
-    download(spec, args.data_root, args.domains, keep_archives=args.keep_archives)
+    root = download(spec, args.data_root, args.domains, keep_archives=args.keep_archives, overwrite=args.overwrite)
+    print(f"{spec.title} is in {root}; check it with: python -m benchmark.data verify {spec.name} "
+          f"--data-root {root.parent}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+def _prepare(args: argparse.Namespace) -> int:
+    spec = get_spec(args.name)
+    if spec.layout.kind == "synthetic":
+        print(f"{spec.name} is generated at run time; nothing to prepare")
+        return 0
+    data_root = args.data_root or os.environ.get(DATA_ROOT_ENV)
+    if not data_root:
+        raise DataError(f"no data root: pass --data-root DIR or set {DATA_ROOT_ENV}")
+    prepare(spec, args.archive, Path(data_root).expanduser(), overwrite=args.overwrite)
+    print(f"done; check it with: python -m benchmark.data verify {spec.name} --data-root {data_root}")
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    spec = get_spec(args.name)
+    if spec.layout.kind == "synthetic":
+        print(f"{spec.name} is generated at run time; nothing to cache")
+        return 0
+    for domain in args.domains or spec.domains:
+        files, folder, decoded = decode_domain(spec, domain, args.data_root, args.resolution, args.threads,
+                                               args.cache)
+        sizes = ", ".join(f"{k} {len(v[0])}" for k, v in decoded.items())
+        print(f"{spec.name}/{domain}: {sizes} images at {args.resolution} px cached in {folder}")
+    return 0
+
+
+def _data_args(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("name", help="data set (see `list`)")
+    sub.add_argument("--data-root", default=None, help=f"folder holding the data sets (default: ${DATA_ROOT_ENV})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m benchmark.data``."""
     parser = argparse.ArgumentParser(prog="python -m benchmark.data", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the available data sets").set_defaults(run=_list)
     info = commands.add_parser("info", help="facts, layout and protocols of one data set")
     info.add_argument("name")
     info.set_defaults(run=_info)
-    for name, run, text in (("check", _check, "verify a data root"), ("download", _download, "fetch into a data root")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("name")
-        sub.add_argument("--data-root", default=None, help="default: $CLIPBENCH_DATA")
-        sub.add_argument("--domains", nargs="+", default=None)
-        sub.set_defaults(run=run)
-        if name == "check":
-            sub.add_argument("--decode", action="store_true", help="also decode every image (slow)")
-        else:
-            sub.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after extracting")
-    args = parser.parse_args(argv)
+
+    sub = commands.add_parser("download", help="fetch, check and install the files with direct links")
+    _data_args(sub)
+    sub.add_argument("--domains", nargs="+", default=None, help="only these domains (default: all)")
+    sub.add_argument("--keep-archives", action="store_true", help="keep the archives after extracting them")
+    sub.add_argument("--overwrite", action="store_true", help="replace parts that are already installed")
+    sub.set_defaults(run=_download)
+
+    sub = commands.add_parser("prepare", help="check and install archives or list files fetched by hand")
+    _data_args(sub)
+    sub.add_argument("--archive", nargs="+", required=True, type=Path, metavar="FILE",
+                     help="archive(s) (.zip, .tar[.gz]) or split list file(s)")
+    sub.add_argument("--overwrite", action="store_true", help="replace parts that are already installed")
+    sub.set_defaults(run=_prepare)
+
+    sub = commands.add_parser("verify", aliases=["check"], help="count, find missing and unreadable images")
+    _data_args(sub)
+    sub.add_argument("--domains", nargs="+", default=None, help="only these domains (default: all)")
+    sub.add_argument("--decode", action="store_true", help="decode every image (slower; finds damaged pixels)")
+    sub.add_argument("--threads", type=int, default=None, help="reading threads (default: CPUs, at most 8)")
+    sub.set_defaults(run=_verify)
+
+    sub = commands.add_parser("cache", help="decode a data set into the image cache ahead of a sweep")
+    _data_args(sub)
+    sub.add_argument("--domains", nargs="+", default=None, help="only these domains (default: all)")
+    sub.add_argument("--resolution", type=int, default=224, help="the model's input size (default: 224)")
+    sub.add_argument("--cache", default=None, help=f"cache folder (default: ${CACHE_ENV}, else <data_root>/{CACHE_FOLDER})")
+    sub.add_argument("--threads", type=int, default=None, help="decoding threads (default: CPUs, at most 8)")
+    sub.set_defaults(run=_cache)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
     try:
         if getattr(args, "domains", None):
             spec = get_spec(args.name)

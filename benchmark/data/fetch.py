@@ -1,64 +1,44 @@
-"""Downloading the parts of a data set that have direct URLs (the spec's ``download`` list).
+"""The ``download`` command: fetch a data set's direct-download files, check them, install them.
 
-Each entry ``{url, domain?, dest?, extract?, md5?}`` is fetched into
-``<data_root>/<root>/<dest>`` (to a ``.part`` file, renamed when complete), checked against
-``md5`` when given, and ``.zip``/``.tar*`` archives are extracted there. Finished entries leave
-a marker so that a rerun skips them; an interrupted one starts over.
+Each spec ``download`` entry ``{url, domain?, size?, sha256?, md5?}`` (an archive or a list file) is fetched
+(resumably) into ``<data_root>/.clipbench_downloads/<name>/``, checked against the recorded size
+and digests *before* anything is extracted, then installed into the expected layout
+(``benchmark.data.install``). A file that fails the check is deleted and nothing is installed.
+Entries already installed (by a manifest, or present on disk) are skipped, so a rerun only
+fetches what is missing.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import tarfile
-import urllib.request
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from tqdm import tqdm
-
+from benchmark.data.archives import is_archive
 from benchmark.data.errors import DataError
+from benchmark.data.install import install, list_names, target_root
 from benchmark.data.locate import DATA_ROOT_ENV
+from benchmark.data.manifest import installed_by
+from benchmark.data.sources import check_source, source_name
 from benchmark.data.spec import DatasetSpec
+from benchmark.data.transfer import RETRIES, fetch_url
 
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+DOWNLOADS_DIR = ".clipbench_downloads"
 
 
-def fetch_url(url: str, target: Path) -> None:
-    """Stream ``url`` to ``target`` with a progress bar; a failure names the URL and leaves no partial file."""
-    partial = target.with_name(target.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
-    except (OSError, ValueError) as exc:
-        partial.unlink(missing_ok=True)
-        raise DataError(f"download of {url} failed: {exc}") from exc
-    partial.replace(target)
-
-
-def extract(archive: Path, dest: Path) -> None:
-    """Extract a zip or tar archive into ``dest`` (member paths may not leave it)."""
-    try:
-        if archive.name.endswith(".zip"):
-            with zipfile.ZipFile(archive) as handle:
-                handle.extractall(dest)
-        else:
-            with tarfile.open(archive) as handle:
-                handle.extractall(dest, filter="data")
-    except (OSError, zipfile.BadZipFile, tarfile.TarError) as exc:
-        raise DataError(f"cannot extract {archive}: {exc}; delete it and download again") from exc
+def _present(spec: DatasetSpec, root: Path, entry: dict[str, Any]) -> Path | None:
+    """What of this entry is already on disk: its installed manifest, list file or domain folder."""
+    name = source_name(str(entry["url"]))
+    if installed_by(root, name) is not None:
+        return root
+    if name in list_names(spec) or not is_archive(Path(name)):
+        target = root / name
+        return target if target.exists() else None
+    if entry.get("domain") is not None:
+        for folder in spec.domain(str(entry["domain"])).folders:
+            if (root / folder).is_dir():
+                return root / folder
+    return None
 
 
 def download(
@@ -66,34 +46,48 @@ def download(
     data_root: str | os.PathLike | None,
     domains: Sequence[str] | None = None,
     keep_archives: bool = False,
+    overwrite: bool = False,
+    retries: int = RETRIES,
+    backoff: float = 2.0,
 ) -> Path:
-    """Fetch (and extract) the spec's download entries for ``domains`` (all if None); returns the data set root."""
+    """Fetch, check and install the spec's download entries for ``domains`` (all if None); returns the data set root."""
     data_root = data_root or os.environ.get(DATA_ROOT_ENV)
     if not data_root:
         raise DataError(f"no data root: pass --data-root DIR or set {DATA_ROOT_ENV}")
     base = Path(data_root).expanduser()
-    root = next((base / r for r in spec.layout.roots if (base / r).is_dir()), base / spec.layout.roots[0])
-    for entry in spec.download:
-        if domains is not None and entry.get("domain") is not None and entry["domain"] not in domains:
-            continue
+    root = target_root(spec, base)
+    wanted = None if domains is None else {spec.resolve_domain(d) for d in domains}
+    entries = [e for e in spec.download if wanted is None or e.get("domain") is None or e["domain"] in wanted]
+    downloads = base / DOWNLOADS_DIR / spec.name
+    odd = [str(e["url"]) for e in entries if not is_archive(Path(source_name(str(e["url"]))))
+           and source_name(str(e["url"])) not in list_names(spec)]
+    if odd:
+        raise DataError(f"{spec.path / 'dataset.yaml'}: download entries must be archives or list files of "
+                        f"{spec.name}; cannot install {odd}")
+    for number, entry in enumerate(entries, start=1):
         url = str(entry["url"])
-        dest = root / str(entry.get("dest", "."))
-        dest.mkdir(parents=True, exist_ok=True)
-        target = dest / url.rsplit("/", 1)[-1]
-        is_archive = target.name.endswith(ARCHIVE_SUFFIXES) and entry.get("extract", True)
-        marker = dest / f".{target.name}.done"
-        if marker.exists() or (not is_archive and target.exists()):
-            print(f"have {target}")
+        name = source_name(url)
+        step = f"[{number}/{len(entries)}] {name}"
+        present = None if overwrite else _present(spec, root, entry)
+        if present is not None:
+            print(f"{step}: already present ({present}); skipped (--overwrite replaces it)")
             continue
-        if not target.exists():
-            print(f"fetching {url}")
-            fetch_url(url, target)
-        if entry.get("md5") and _md5(target) != entry["md5"]:
-            raise DataError(f"{target} does not match md5 {entry['md5']} from {url}; delete it and retry")
-        if is_archive:
-            print(f"extracting {target}")
-            extract(target, dest)
-            if not keep_archives:
-                target.unlink()
-            marker.touch()
+        file = downloads / name
+        if not file.exists():
+            print(f"{step}: fetching {url}")
+            fetch_url(url, file, size=entry.get("size"), retries=retries, backoff=backoff)
+        try:
+            facts = check_source(spec, file, entry)
+        except DataError as exc:
+            file.unlink(missing_ok=True)
+            raise DataError(f"{exc}. The file was deleted and nothing was installed; run the command again "
+                            f"to download it afresh") from exc
+        checked = ", ".join(facts["checked"]) or "no size or checksum recorded in the spec"
+        print(f"{step}: {facts['size']} bytes, sha256 {facts['sha256']} (checked: {checked})")
+        install(spec, file, base, facts, overwrite=overwrite)
+        if not keep_archives:
+            file.unlink()
+    for folder in (downloads, downloads.parent):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     return root

@@ -25,6 +25,9 @@ from benchmark.data.errors import DataError
 PROGRESS_MIN = 500
 """Sets with at least this many images show a progress bar."""
 
+TRANSFORM = "rgb, resize short side (bicubic, antialias), center crop, uint8"
+"""What ``eval_transform`` does, in words: part of every cache key, so changing it invalidates caches."""
+
 _CHUNK = 1024
 
 
@@ -51,6 +54,25 @@ def read_image(path: str | os.PathLike, resolution: int) -> torch.Tensor:
         raise DataError(f"image file not found: {path}") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot read image {path}: {exc} (corrupt or truncated file? re-extract the archive)") from exc
+
+
+def probe_image(path: str | os.PathLike, decode: bool = False) -> str | None:
+    """Why a file is not a usable image (missing, empty, unidentifiable, or with ``decode`` undecodable), else None.
+
+    Without ``decode`` only the header is parsed (fast: finds empty, foreign and garbage files);
+    ``decode`` decodes every pixel and also finds truncated or damaged image data.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            if decode:
+                image.load()
+    except FileNotFoundError:
+        return "missing"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def read_images(

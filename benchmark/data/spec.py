@@ -26,8 +26,10 @@ Schema (unknown keys are errors, so typos do not pass silently)::
     #                  means transductive
     # kind: synthetic -> generator: module, n_per_class, seed, size (images rendered, no files)
     get: "how to obtain the data (shown in errors)"
-    download:                       # optional direct URLs (python -m benchmark.data download)
-      - {url: "http://.../train.tar", domain: synthetic, dest: ".", extract: true, md5: "..."}
+    download:                       # optional direct URLs (python -m benchmark.data download): archives
+      - {url: "http://.../train.tar", domain: synthetic, size: 123456, sha256: "..."}
+                                    # (extracted and arranged) or list files (put into the root);
+                                    # size in bytes and sha256/md5 are checked when given
     protocols:                      # default: default_protocol, else ueo, else the first
       ueo:
         description: "free text"    # optional
@@ -416,13 +418,25 @@ def _parse_overrides(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
     return {str(k): dict(v) for k, v in raw.items()}
 
 
+_DIGEST_LENGTHS = {"md5": 32, "sha256": 64}
+_DOWNLOAD_KEYS = {"url", "domain", "size", *_DIGEST_LENGTHS}
+
+
 def _parse_download(path: Path, raw: Any) -> list[dict[str, Any]]:
+    """Validate the download entries: sizes are positive integers, digests lowercase hex of the right length."""
     if raw is None:
         return []
     if not isinstance(raw, list) or not all(isinstance(d, dict) and "url" in d for d in raw):
         raise _fail(path, "download must be a list of mappings with at least 'url'")
     for entry in raw:
-        _check_keys(path, "download entry", entry, {"url", "domain", "dest", "extract", "md5"})
+        _check_keys(path, "download entry", entry, _DOWNLOAD_KEYS)
+        size = entry.get("size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+            raise _fail(path, f"download entry {entry['url']}: size must be a positive byte count, got {size!r}")
+        for algo, length in _DIGEST_LENGTHS.items():
+            value = entry.get(algo)
+            if value is not None and not re.fullmatch(f"[0-9a-f]{{{length}}}", str(value)):
+                raise _fail(path, f"download entry {entry['url']}: {algo} must be {length} lowercase hex digits")
     return [dict(d) for d in raw]
 
 

@@ -3,7 +3,8 @@
 Labels are in the protocol's label space: the known classes get ``0..K-1`` in the protocol's
 order and every other class ``K..`` in pinned order, so ``label >= K`` means unknown. The
 pinned index of every sample is kept too (``SplitPart.classes``) for the run record.
-Transductive data sets decode each image once; adapt and test are row selections of it.
+Each image set (a domain, or one of its split lists) is decoded once, through the decode cache;
+adapt and test sets are row selections of it, so every setting and protocol reuses one decode.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ import torch
 from benchmark.data.catalog import get_spec
 from benchmark.data.errors import DataError
 from benchmark.data.generated import render_domain
-from benchmark.data.cache import cache_dir, read_images_cached, select_rows
+from benchmark.data.cache import cache_dir, digest, read_images_cached, select_rows
 from benchmark.data.images import as_paths
-from benchmark.data.locate import FileSet, locate
+from benchmark.data.locate import DomainFiles, locate
 from benchmark.data.spec import DatasetSpec
 
 
@@ -61,33 +62,44 @@ def _check_count(spec: DatasetSpec, domain: str, found: dict[str, int]) -> dict[
     if differ:
         warnings.warn(
             f"{spec.name}/{domain}: found {found} images, the full domain has {expected}; "
-            f"incomplete data? (`python -m benchmark.data check {spec.name}` lists what is missing)",
+            f"incomplete data? (`python -m benchmark.data verify {spec.name}` lists what is missing)",
             stacklevel=3,
         )
     return expected
 
 
-def _decode(files: FileSet, mask: np.ndarray, root: Path, resolution: int, desc: str, threads: int | None,
-            cache: Path | None) -> tuple[torch.Tensor, np.ndarray, list[str], str]:
-    """Decode the files selected by ``mask``: images, pinned labels, paths relative to the data root, cache key."""
-    paths = [p for p, keep in zip(files.paths, mask) if keep]
-    images, key = read_images_cached(paths, resolution, _label(desc), cache, desc=desc, threads=threads)
-    return images, files.labels[mask], as_paths(paths, root), key
+def _select(images: torch.Tensor, pinned: np.ndarray, ids: list[str], classes: np.ndarray, label_map: np.ndarray,
+            folder: Path | None = None, stem: str = "") -> SplitPart:
+    """The rows of a decoded image set whose class is in ``classes`` (cached beside it when ``stem`` is set)."""
+    rows = np.isin(pinned, classes)
+    selected = select_rows(images, rows, folder, stem)
+    return _part(selected, pinned[rows], [i for i, keep in zip(ids, rows) if keep], label_map)
 
 
-def _label(desc: str) -> str:
-    return desc.replace("/", "-").replace(" ", "-")
+def decode_domain(
+    spec: DatasetSpec,
+    domain: str,
+    data_root: str | os.PathLike | None,
+    resolution: int,
+    threads: int | None = None,
+    cache: str | os.PathLike | bool | None = None,
+) -> tuple[DomainFiles, Path | None, dict[str, tuple[torch.Tensor, np.ndarray, list[str], str]]]:
+    """Decode every image set of an on-disk domain (through the cache).
 
-
-def _transductive(images: torch.Tensor, pinned: np.ndarray, ids: list[str], wanted: dict[str, np.ndarray],
-                  label_map: np.ndarray, desc: str, cache: Path | None = None, key: str = "") -> list[SplitPart]:
-    """Adapt and test sets as row selections of one decoded image set."""
-    parts = []
-    for part, classes in wanted.items():
-        rows = np.isin(pinned, classes)
-        selected = select_rows(images, rows, _label(f"{desc} {part}"), cache, key)
-        parts.append(_part(selected, pinned[rows], [i for i, k in zip(ids, rows) if k], label_map))
-    return parts
+    Returns the located files, the cache folder (None: off) and per image set (``all``, or
+    ``adapt`` and ``test`` for split lists) the images, pinned labels, paths relative to the data
+    root and the cache entry's name stem.
+    """
+    files = locate(spec, domain, data_root)
+    folder = cache_dir(cache, files.data_root)
+    sets = {"all": files.test} if files.transductive else {"adapt": files.adapt, "test": files.test}
+    label = f"{spec.name}-{spec.resolve_domain(domain)}-{digest(str(files.dataset_root))}"
+    decoded = {}
+    for set_name, fileset in sets.items():
+        images, stem = read_images_cached(fileset.paths, resolution, f"{label}-{set_name}", folder,
+                                          desc=f"{spec.name}/{domain} {set_name}", threads=threads)
+        decoded[set_name] = (images, fileset.labels, as_paths(fileset.paths, files.data_root), stem)
+    return files, folder, decoded
 
 
 def load_split(
@@ -98,13 +110,15 @@ def load_split(
     data_root: str | os.PathLike | None = None,
     resolution: int = 224,
     threads: int | None = None,
-    cache: str | os.PathLike | None = None,
+    cache: str | os.PathLike | bool | None = None,
 ) -> Split:
     """Load the adapt and test sets of one domain under a protocol's setting.
 
     ``protocol`` None means the data set's default (``ueo``); ``data_root`` None means
-    ``$CLIPBENCH_DATA``; ``cache`` None means ``$CLIPBENCH_CACHE`` (unset: no cache), a folder
-    where decoded images are kept as memory-mapped files for later runs. Unknown names raise
+    ``$CLIPBENCH_DATA``; ``cache`` is the folder where decoded images are kept as memory-mapped
+    files for later runs: None means ``$CLIPBENCH_CACHE``, else ``<data_root>/.clipbench_cache``
+    (see ``benchmark.data.cache``), False or ``"off"`` decodes without caching. Each domain's full
+    image set is decoded once; adapt and test sets are row selections of it. Unknown names raise
     ``UnknownNameError`` listing the valid ones; missing or unreadable data raises ``DataError``
     saying what was looked for and how to get it.
     """
@@ -114,35 +128,26 @@ def load_split(
     domain = spec.resolve_domain(domain)
     wanted = {"adapt": np.array(proto.settings[setting], dtype=np.int64), "test": np.array(proto.test, dtype=np.int64)}
     label_map = spec.label_map(proto.name)
-    desc = f"{spec.name}/{domain}"
     extra: dict[str, Any] = {}
 
     if spec.layout.kind == "synthetic":
         images, present, ids = render_domain(spec, domain, resolution)
         found = {"all": len(present)}
-        adapt, test = _transductive(images, present, ids, wanted, label_map, desc)
+        adapt, test = (_select(images, present, ids, wanted[p], label_map) for p in ("adapt", "test"))
         layout = spec.layout
         extra.update(generator=layout.generator, n_per_class=layout.n_per_class,
                      generator_seed=layout.seed, generator_size=layout.size)
     else:
-        files = locate(spec, domain, data_root)
-        folder = cache_dir(cache)
-        root = files.data_root
+        files, folder, decoded = decode_domain(spec, domain, data_root, resolution, threads, cache)
         present = files.test.labels
-        extra.update(data_root=str(root), sources=[str(s) for s in files.sources], cache=folder and str(folder))
-        if files.transductive:
-            found = {"all": len(files.test.paths)}
-            needed = np.isin(present, wanted["adapt"]) | np.isin(present, wanted["test"])
-            images, pinned, paths, key = _decode(files.test, needed, root, resolution, desc, threads, folder)
-            adapt, test = _transductive(images, pinned, paths, wanted, label_map, desc, folder, key)
-        else:
-            found = {"adapt": len(files.adapt.paths), "test": len(files.test.paths)}
-            parts = []
-            for part, fileset in (("adapt", files.adapt), ("test", files.test)):
-                mask = np.isin(fileset.labels, wanted[part])
-                images, pinned, paths, _ = _decode(fileset, mask, root, resolution, f"{desc} {part}", threads, folder)
-                parts.append(_part(images, pinned, paths, label_map))
-            adapt, test = parts
+        extra.update(data_root=str(files.data_root), sources=[str(s) for s in files.sources],
+                     cache=folder and str(folder))
+        found = {set_name: len(images) for set_name, (images, *_) in decoded.items()}
+        parts = []
+        for part in ("adapt", "test"):
+            images, pinned, ids, stem = decoded["all" if files.transductive else part]
+            parts.append(_select(images, pinned, ids, wanted[part], label_map, folder, stem))
+        adapt, test = parts
 
     for label, part in (("adapt", adapt), ("test", test)):
         if len(part) == 0:
