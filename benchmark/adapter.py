@@ -17,6 +17,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from benchmark.model import ClipClassifier
+from benchmark.profiling import NULL_PROFILER, NullProfiler
 from benchmark.unlabeled import UnlabeledData
 
 COMMON_DEFAULTS: dict[str, Any] = {"prompts": "single"}
@@ -103,6 +104,8 @@ class Adapter:
         "augment": ("none", "weak", "strong"),
     }
     score_name: ClassVar[str] = "msp"
+    profiler: NullProfiler = NULL_PROFILER
+    """Phase timers of the loop; the runner sets a real ``Profiler`` under ``--profile``."""
 
     def __init__(self, model: ClipClassifier, hparams: dict[str, Any] | None = None, seed: int = 0):
         self.model = model
@@ -247,15 +250,23 @@ class Adapter:
             self.before_epoch(epoch, data)
             indices = self.adapt_indices()
             losses = []
-            for batch in data.batches(
+            prof = self.profiler
+            batches = data.batches(
                 hp["batch_size"], shuffle=True, augment=hp["augment"], views=self.views,
                 drop_last=hp["drop_last"], indices=indices,
-            ):
+            )
+            while True:
+                with prof.phase("data"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
                 for g, base in zip(self.optimizer.param_groups, self._base_lrs()):
                     g["lr"] = base * self.lr_factor(it, total, warmup)
-                with self.autocast():
+                with prof.phase("forward"), self.autocast():
                     loss = self.loss(batch)
-                self.step(loss)
+                with prof.phase("backward"):
+                    self.step(loss)
+                prof.count("adapt", len(batch["index"]))
                 losses.append(loss.item())
                 it += 1
                 bar.update(1)

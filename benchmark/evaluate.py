@@ -16,8 +16,14 @@ TOPK = 5
 
 
 @torch.no_grad()
-def predict_set(adapter, images: torch.Tensor, seed: int = 0, batch_size: int = EVAL_BATCH) -> dict[str, np.ndarray]:
-    """Predictions of ``adapter`` on uint8 ``images``: ``pred``, ``score``, ``topk_idx``, ``topk_logit``."""
+def predict_set(
+    adapter, images: torch.Tensor, seed: int = 0, batch_size: int = EVAL_BATCH, features: torch.Tensor | None = None,
+) -> dict[str, np.ndarray]:
+    """Predictions of ``adapter`` on uint8 ``images``: ``pred``, ``score``, ``topk_idx``, ``topk_logit``.
+
+    With ``features`` (the frozen image features of ``images``, for a method that adapts nothing
+    and has ``predict_features``) the encoder is skipped: that is the feature cache's fast path.
+    """
     device = adapter.model.device
     n = images.shape[0]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -28,9 +34,12 @@ def predict_set(adapter, images: torch.Tensor, seed: int = 0, batch_size: int = 
     top_v = np.empty((n, k), dtype=np.float16)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        x = images[idx].to(device).float().div_(255.0)
-        with adapter.autocast():
-            logits, score = adapter.predict(x)
+        if features is not None:
+            logits, score = adapter.predict_features(features[idx].to(device))
+        else:
+            x = images[idx].to(device).float().div_(255.0)
+            with adapter.autocast():
+                logits, score = adapter.predict(x)
         logits = logits.float().cpu()
         v, i = logits.topk(k, dim=-1)
         preds[idx.numpy()] = i[:, 0].numpy()

@@ -7,14 +7,18 @@ latter written last. A run whose record is complete is never recomputed.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
+import os
 import platform
 import random
 import subprocess
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -26,10 +30,15 @@ import torch
 
 from benchmark import PROTOCOL_VERSION
 from benchmark.evaluate import predict_set, score_predictions
-from benchmark.model import DEFAULT_TEMPLATE, ENSEMBLE_TEMPLATES, ClipClassifier, load_clip
+from benchmark.features import FeatureCache, frozen_image_features
+from benchmark.model import DEFAULT_TEMPLATE, ENSEMBLE_TEMPLATES, ClipClassifier, load_clip, resolve_pretrained
+from benchmark.profiling import Profiler
 from benchmark.records import PREDS, RESULT, is_complete, read_result, spec_hash, write_json, write_npz
 from benchmark.registry import get_method
 from benchmark.unlabeled import UnlabeledData
+
+LOCK = ".lock"
+"""``flock``-ed by the process computing a run; names its last holder (``host pid``)."""
 
 
 @dataclass
@@ -125,16 +134,66 @@ def adapt_rows_in_test(split) -> np.ndarray | None:
     return rows if same else None
 
 
-def execute(spec: RunSpec, out: Path, data_root: str | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Run ``spec`` unless its record is complete; return the record (``skipped`` says which)."""
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[bool]:
+    """Hold ``run_dir``'s lock while computing it; yields False when another process holds it.
+
+    An advisory ``flock`` on ``<run_dir>/.lock``: two sweeps sharing an ``--out`` (or two array
+    tasks) never compute the same run at once, and the kernel drops the lock when its holder
+    dies, even by SIGKILL, so a killed sweep leaves no stale lock behind. The file stays (removing
+    it would let two processes lock different inodes); it names the last holder for diagnosis.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{platform.node()} {os.getpid()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _reused(run_dir: Path) -> dict[str, Any] | None:
+    if not is_complete(run_dir):
+        return None
+    rec = read_result(run_dir)
+    rec["skipped"] = True
+    return rec
+
+
+def execute(
+    spec: RunSpec, out: Path, data_root: str | None = None, device: str = "cpu", *,
+    profile: bool = False, feature_cache: bool = True,
+) -> dict[str, Any]:
+    """Run ``spec`` unless its record is complete; return the record (``skipped`` says which).
+
+    A run another live process is computing right now is not started twice: it comes back with
+    ``status: "busy"`` and ``skipped``. ``profile`` adds phase timings to the record;
+    ``feature_cache`` lets frozen-encoder work reuse image features across runs.
+    """
     run_dir = Path(out) / "runs" / spec.hash
-    if is_complete(run_dir):
-        rec = read_result(run_dir)
-        rec["skipped"] = True
+    rec = _reused(run_dir)
+    if rec is not None:
         return rec
+    with run_lock(run_dir) as mine:
+        if not mine:
+            return {"spec": spec.as_dict(), "hash": spec.hash, "status": "busy", "skipped": True,
+                    "error": "being computed by another process (its lock is held)"}
+        rec = _reused(run_dir)  # another process may have completed it meanwhile
+        return rec if rec is not None else _compute(spec, run_dir, out, data_root, device, profile, feature_cache)
+
+
+def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, device: str,
+             profile: bool, feature_cache: bool) -> dict[str, Any]:
     record: dict[str, Any] = {"spec": spec.as_dict(), "hash": spec.hash, "started": _now(), "device": device}
     record.update(environment())
     timings: dict[str, float] = {}
+    profiler = Profiler(device) if profile else None
     t_start = time.perf_counter()
     try:
         seed = spec.derived_seed
@@ -153,7 +212,11 @@ def execute(spec: RunSpec, out: Path, data_root: str | None = None, device: str 
 
         templates = ENSEMBLE_TEMPLATES if hparams.get("prompts") == "ensemble" else (DEFAULT_TEMPLATE,)
         model = ClipClassifier(loaded, split.classnames, templates).to(device)
+        if feature_cache:
+            model.feature_cache = FeatureCache.for_run(out, spec.model, resolve_pretrained(spec.model, spec.pretrained))
         adapter = cls(model, hparams, seed=seed)
+        if profiler is not None:
+            adapter.profiler = profiler
         data = UnlabeledData(split.adapt.images, device=device, seed=seed)
 
         t = time.perf_counter()
@@ -163,7 +226,9 @@ def execute(spec: RunSpec, out: Path, data_root: str | None = None, device: str 
         t = time.perf_counter()
         arrays: dict[str, np.ndarray] = {}
         metrics: dict[str, dict[str, float]] = {}
-        test_preds = predict_set(adapter, split.test.images, seed=seed)
+        frozen = (frozen_image_features(model, split.test.images)
+                  if feature_cache and not cls.adapts and hasattr(adapter, "predict_features") else None)
+        test_preds = predict_set(adapter, split.test.images, seed=seed, features=frozen)
         rows = adapt_rows_in_test(split)
         adapt_preds = (predict_set(adapter, split.adapt.images, seed=seed) if rows is None
                        else {k: v[rows] for k, v in test_preds.items()})
@@ -178,6 +243,14 @@ def execute(spec: RunSpec, out: Path, data_root: str | None = None, device: str 
             arrays.update({f"online_{k}": v for k, v in online.items()})
             arrays["online_label"] = labels
         timings["evaluate"] = time.perf_counter() - t
+        if profiler is not None:
+            profiler.seconds["evaluate"] += timings["evaluate"]
+            profiler.count("evaluate", len(split.test.labels) + (len(split.adapt.labels) if rows is None else 0))
+            profiler.seconds["adapt_total"] += timings["adapt"]
+            record["profile"] = profiler.summary()
+        cache = getattr(model, "feature_cache", None)
+        if cache is not None:
+            record["feature_cache"] = {"hits": cache.hits, "misses": cache.misses}
 
         run_dir.mkdir(parents=True, exist_ok=True)
         write_npz(run_dir / PREDS, arrays)

@@ -56,10 +56,41 @@ def parse_cfg_options(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def build_sweep(req: SweepRequest) -> list[RunSpec]:
-    """Expand a request into run specs (method x data set x domain x setting x seed)."""
+def is_vit_model(model: str) -> bool | None:
+    """Whether open_clip architecture ``model`` has a ViT image encoder (None: unknown name).
+
+    Read from the architecture's config (a ResNet's ``vision_cfg.layers`` is a list of stage
+    depths, a ViT's a single number), so no model is built and nothing is downloaded.
+    """
+    import open_clip
+
+    from benchmark.model import _register_repo_configs
+
+    _register_repo_configs()
+    cfg = open_clip.get_model_config(model)
+    if cfg is None:
+        return None
+    return not isinstance(cfg.get("vision_cfg", {}).get("layers"), (list, tuple))
+
+
+def build_sweep(req: SweepRequest, not_applicable: list[str] | None = None) -> list[RunSpec]:
+    """Expand a request into run specs (method x data set x domain x setting x seed).
+
+    A method that cannot run on the model (``requires_vit`` on a ResNet, e.g. MUST on RN50) is
+    left out rather than failed: it is not a result, and the paper has no such cell either.
+    When ``not_applicable`` is given, one line per left-out (method, model) is appended to it.
+    """
     from benchmark.data import get_spec
     from benchmark.registry import get_method
+
+    vit = is_vit_model(req.model)
+    methods = []
+    for method in req.methods:
+        if get_method(method).requires_vit and vit is False:
+            if not_applicable is not None:
+                not_applicable.append(f"{method} on {req.model}: needs a ViT image encoder")
+            continue
+        methods.append(method)
 
     specs: list[RunSpec] = []
     used_domains: set[str] = set()
@@ -76,7 +107,7 @@ def build_sweep(req: SweepRequest) -> list[RunSpec]:
         bad = [s for s in settings if s not in valid_settings]
         if bad:
             raise SweepError(f"setting(s) {bad} not in protocol {req.protocol!r} of {ds_name}; valid: {', '.join(valid_settings)}")
-        for method in req.methods:
+        for method in methods:
             cls = get_method(method)
             ds_over = {k: v for k, v in ds.overrides.get(method, {}).items() if k in cls.hparam_defaults()}
             hparams = cls.resolve_hparams({**ds_over, **(req.overrides or {}).get(method, {})})

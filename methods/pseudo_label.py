@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmark.adapter import Adapter
+from benchmark.features import frozen_image_features
 from benchmark.model import LOGIT_SCALE
 from benchmark.registry import register_method
 from benchmark.selftrain import class_balanced_topk, confident
@@ -92,12 +93,13 @@ class PseudoLabel(Adapter):
 
     @torch.no_grad()
     def probabilities(self, data: UnlabeledData, text: torch.Tensor) -> torch.Tensor:
-        """(N, K) ``softmax(100 cos)`` of every un-augmented adapt image against ``text`` (float32)."""
-        probs = torch.empty(len(data), text.shape[0], device=self.model.device)
-        for batch in data.batches(self.hp["batch_size"], augment="none"):
-            logits = LOGIT_SCALE * self.model.image_features(batch["images"]) @ text.float().t()
-            probs[batch["index"]] = logits.softmax(dim=-1)
-        return probs
+        """(N, K) ``softmax(100 cos)`` of every un-augmented adapt image against ``text`` (float32).
+
+        Only the prompt context trains, never the image encoder, so the image features are the
+        frozen ones (from the feature cache when the runner attached one).
+        """
+        logits = LOGIT_SCALE * frozen_image_features(self.model, data.images) @ text.float().t()
+        return logits.softmax(dim=-1)
 
     def select(self, probs: torch.Tensor) -> None:
         """Set ``selected`` and ``labels`` from ``probs`` with the configured selection rule."""

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from benchmark.adapter import Adapter
+from benchmark.features import frozen_image_features
 from benchmark.losses import ueo_confidence_weights, ueo_loss
 from benchmark.registry import register_method
 from benchmark.unlabeled import UnlabeledData
@@ -61,14 +62,11 @@ class UEO(Adapter):
         Uses the fixed-prompt text features (``class_embeddings`` never sees the learnable
         context, and the text encoder is frozen) and un-augmented images. Computed in float32
         (no autocast): at temperature 1 the weights differ in the third decimal, below bf16's
-        resolution of cosines.
+        resolution of cosines. The image features come from the feature cache when the runner
+        attached one (the encoder has not been updated yet).
         """
         text = self.model.class_embeddings(self.model.templates)
-        weights = torch.empty(len(data), device=self.model.device)
-        for batch in data.batches(self.hp["batch_size"], augment="none"):
-            cosine = self.model.image_features(batch["images"]) @ text.t()
-            weights[batch["index"]] = ueo_confidence_weights(cosine)
-        return weights
+        return ueo_confidence_weights(frozen_image_features(self.model, data.images) @ text.t())
 
     def before_adapt(self, data: UnlabeledData) -> None:
         """Fix the confidence weights before any update, i.e. from the zero-shot model."""
