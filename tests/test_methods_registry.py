@@ -1,0 +1,131 @@
+"""Every registered method, on the embedded benchmark: it adapts, predicts validly, changes
+something, and never sees a label. Plus a method kept in a user's own file (``--plugins``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import benchmark.runner as runner
+from benchmark.cli import main
+from benchmark.records import load_records
+from benchmark.registry import get_method, method_names
+from benchmark.runner import RunSpec, execute
+
+SHORT = {"epochs": 1}
+
+
+def _spec(method: str, **hp) -> RunSpec:
+    cls = get_method(method)
+    short = {k: v for k, v in SHORT.items() if k in cls.hparam_defaults()}
+    return RunSpec(method=method, dataset="synthetic", domain="sketch", setting="oda", protocol="ueo", seed=1,
+                   model="clipbench-tiny", pretrained="embedded", hparams=cls.resolve_hparams({**short, **hp}))
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("methods")
+
+
+@pytest.fixture(scope="module")
+def zero_shot_preds(out: Path) -> np.ndarray:
+    rec = execute(_spec("zero_shot"), out)
+    assert rec["status"] == "done"
+    with np.load(Path(out) / "runs" / rec["hash"] / "preds.npz") as z:
+        return z["test_topk_logit"].astype(np.float32)
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_every_method_adapts_and_predicts(method: str, out: Path, zero_shot_preds: np.ndarray):
+    rec = execute(_spec(method), out)
+    assert rec["status"] == "done", rec.get("traceback")
+    with np.load(Path(out) / "runs" / rec["hash"] / "preds.npz") as z:
+        n, k = rec["data"]["n_test"], rec["data"]["num_known"]
+        assert z["test_pred"].shape == (n,) and z["test_pred"].min() >= 0 and z["test_pred"].max() < k
+        score = z["test_score"]
+        assert np.isfinite(score).all() and (score >= 1.0 / k - 1e-6).all() and (score <= 1 + 1e-6).all()
+        logits = z["test_topk_logit"].astype(np.float32)
+    assert 0 <= rec["metrics"]["test"]["auroc"] <= 100
+    if get_method(method).adapts:
+        assert rec["num_trainable"] > 0 and rec["history"]
+        assert not np.array_equal(logits, zero_shot_preds), f"{method} changed nothing"
+    else:
+        assert np.array_equal(logits, zero_shot_preds)
+
+
+@pytest.mark.parametrize("method", [m for m in method_names() if get_method(m).adapts])
+def test_labels_never_reach_a_method(method: str, tmp_path: Path, monkeypatch):
+    """Permuting the labels of the data changes the scores, never what the method predicts."""
+    real = runner._load_split.__wrapped__
+
+    def load(permute: bool):
+        def fake(*args):
+            split = real(*args)
+            if permute:
+                rng = np.random.default_rng(0)
+                split.adapt.labels[:] = rng.permutation(split.adapt.labels)
+                split.test.labels[:] = rng.permutation(split.test.labels)
+            return split
+        return fake
+
+    preds = []
+    for permute in (False, True):
+        monkeypatch.setattr(runner, "_load_split", load(permute))
+        rec = execute(_spec(method), tmp_path / str(permute))
+        assert rec["status"] == "done", rec.get("traceback")
+        with np.load(tmp_path / str(permute) / "runs" / rec["hash"] / "preds.npz") as z:
+            preds.append((z["test_pred"], z["test_score"]))
+    assert np.array_equal(preds[0][0], preds[1][0]) and np.array_equal(preds[0][1], preds[1][1])
+
+
+def test_unlabeled_batches_carry_no_labels():
+    from benchmark.unlabeled import UnlabeledData
+    import torch
+
+    data = UnlabeledData(torch.zeros(5, 3, 8, 8, dtype=torch.uint8))
+    batch = next(data.batches(4, views=("strong",)))
+    assert set(batch) == {"index", "images", "images_strong"}
+    assert not any("label" in name for name in vars(data))
+
+
+PLUGIN = '''
+"""A user's own method, kept outside the repository."""
+from benchmark.adapter import Adapter
+from benchmark.losses import softmax_entropy
+from benchmark.registry import register_method
+
+
+@register_method
+class NormEntropy(Adapter):
+    """Entropy minimisation of the image encoder's LayerNorm weights (a toy baseline)."""
+
+    name = "my_norm_entropy"
+    defaults = {"epochs": 1, "lr": 1e-3, "augment": "none"}
+
+    def configure(self):
+        self.model.eval()
+        params = [m.weight for _, m in self.model.norm_layers()]
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def loss(self, batch):
+        return softmax_entropy(self.model(batch["images"])).mean()
+'''
+
+
+def test_plugin_method_from_outside_the_repo(tmp_path: Path, capsys):
+    plugin = tmp_path / "elsewhere" / "my_method.py"
+    plugin.parent.mkdir()
+    plugin.write_text(PLUGIN)
+    out = tmp_path / "out"
+    argv = ["--plugins", str(plugin), "--methods", "my_norm_entropy", "zero_shot", "--domains", "sketch",
+            "--seeds", "1", "--out", str(out)]
+    assert main(argv) == 0
+    records = load_records(out)
+    assert {r["spec"]["method"] for r in records} == {"my_norm_entropy", "zero_shot"}
+    assert all(r["status"] == "done" for r in records)
+    assert "my_norm_entropy" in (out / "leaderboard.md").read_text()
+    assert main(["--plugins", str(tmp_path / "missing.py"), "--out", str(out)]) == 2
+    assert "missing.py" in capsys.readouterr().err
