@@ -80,6 +80,15 @@ def _same_length(**arrays: np.ndarray) -> None:
         raise ValueError(f"inputs must have equal lengths, got {desc}")
 
 
+def _scored_groups(score: object, mask: object, name: str) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Validated ``(score, mask, n_positive, n_negative)`` of a binary scoring problem."""
+    s = _as_score(score)
+    pos = _as_mask(mask, name)
+    _same_length(**{"score": s, name: pos})
+    n_pos = int(pos.sum())
+    return s, pos, n_pos, pos.size - n_pos
+
+
 def _check_num_known(num_known: int) -> int:
     """``num_known`` must be a positive integer."""
     if isinstance(num_known, bool) or not isinstance(num_known, (int, np.integer)) or num_known < 1:
@@ -123,11 +132,7 @@ def roc_curve(score: object, is_known: object) -> tuple[np.ndarray, np.ndarray, 
     Raises ValueError when either group is empty.
     Returns ``(fpr, tpr, thresholds)``.
     """
-    s = _as_score(score)
-    pos = _as_mask(is_known, "is_known")
-    _same_length(score=s, is_known=pos)
-    n_pos = int(pos.sum())
-    n_neg = pos.size - n_pos
+    s, pos, n_pos, n_neg = _scored_groups(score, is_known, "is_known")
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"roc_curve needs both groups, got {n_pos} known and {n_neg} unknown samples")
     thresholds, (tp, fp) = _cumulative_counts(s, pos, ~pos)
@@ -143,11 +148,7 @@ def auroc(score: object, is_known: object) -> float:
     computed with average ranks ``R``: ``(sum_{i known} R_i - n_k (n_k + 1) / 2) / (n_k n_u)``.
     Equals sklearn's ``roc_auc_score``. ``nan`` if either group is empty.
     """
-    s = _as_score(score)
-    pos = _as_mask(is_known, "is_known")
-    _same_length(score=s, is_known=pos)
-    n_pos = int(pos.sum())
-    n_neg = pos.size - n_pos
+    s, pos, n_pos, n_neg = _scored_groups(score, is_known, "is_known")
     if n_pos == 0 or n_neg == 0:
         return _NAN
     ranks = rankdata(s, method="average")
@@ -169,10 +170,8 @@ def fpr_at_tpr(score: object, is_known: object, tpr: float = 0.95) -> float:
     """
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr must lie in (0, 1], got {tpr}")
-    s = _as_score(score)
-    pos = _as_mask(is_known, "is_known")
-    _same_length(score=s, is_known=pos)
-    if pos.all() or not pos.any():
+    s, pos, n_pos, n_neg = _scored_groups(score, is_known, "is_known")
+    if n_pos == 0 or n_neg == 0:
         return _NAN
     fpr_c, tpr_c, _ = roc_curve(s, pos)
     j = int(np.argmax(tpr_c >= tpr - _TPR_ATOL))
@@ -194,10 +193,7 @@ def average_precision(score: object, is_positive: object) -> float:
     ``average_precision_score``. ``aupr_in`` is AP(score, known); ``aupr_out`` is
     AP(-score, unknown). ``nan`` if there is no positive.
     """
-    s = _as_score(score)
-    pos = _as_mask(is_positive, "is_positive")
-    _same_length(score=s, is_positive=pos)
-    n_pos = int(pos.sum())
+    s, pos, n_pos, _ = _scored_groups(score, is_positive, "is_positive")
     if n_pos == 0:
         return _NAN
     _, (tp, fp) = _cumulative_counts(s, pos, ~pos)

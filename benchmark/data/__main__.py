@@ -19,6 +19,7 @@ from pathlib import Path
 from benchmark.data.cache import CACHE_ENV, CACHE_FOLDER
 from benchmark.data.catalog import dataset_names, get_spec
 from benchmark.data.errors import DataError, UnknownNameError
+from benchmark.data.spec import DatasetSpec
 from benchmark.data.fetch import download
 from benchmark.data.install import prepare
 from benchmark.data.locate import DATA_ROOT_ENV, expected_layout, how_to_get
@@ -68,10 +69,18 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace) -> int:
-    spec = get_spec(args.name)
+def _files_spec(name: str, verb: str) -> DatasetSpec | None:
+    """The spec of a data set read from files, or None (with a message) for a generated one."""
+    spec = get_spec(name)
     if spec.layout.kind == "synthetic":
-        print(f"{spec.name} is generated at run time; nothing to verify")
+        print(f"{spec.name} is generated at run time; nothing to {verb}")
+        return None
+    return spec
+
+
+def _verify(args: argparse.Namespace) -> int:
+    spec = _files_spec(args.name, "verify")
+    if spec is None:
         return 0
     report = verify(spec, args.data_root, args.domains, decode=args.decode, threads=args.threads)
     print("\n".join(report.lines()))
@@ -91,9 +100,8 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    spec = get_spec(args.name)
-    if spec.layout.kind == "synthetic":
-        print(f"{spec.name} is generated at run time; nothing to prepare")
+    spec = _files_spec(args.name, "prepare")
+    if spec is None:
         return 0
     data_root = args.data_root or os.environ.get(DATA_ROOT_ENV)
     if not data_root:
@@ -104,9 +112,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    spec = get_spec(args.name)
-    if spec.layout.kind == "synthetic":
-        print(f"{spec.name} is generated at run time; nothing to cache")
+    spec = _files_spec(args.name, "cache")
+    if spec is None:
         return 0
     for domain in args.domains or spec.domains:
         files, folder, decoded = decode_domain(spec, domain, args.data_root, args.resolution, args.threads,
