@@ -3,25 +3,45 @@
 In the spirit of the TENT reference code a method says three things: how to ``configure`` the
 model (modes, ``requires_grad``; it returns what it will update), which ``loss`` to minimise on
 an unlabeled batch, and optionally how to ``predict``. The base class owns everything else: the
-epochs x batches loop, the optimiser, the cosine schedule (stepped every iteration), mixed
-precision on GPU, the progress bar, the non-finite-loss check and ``reset``.
+epochs x batches loop, the optimiser, the cosine schedule (stepped every iteration or every
+epoch), the precision (``benchmark.precision``), the train views, the progress bar, the
+non-finite-loss check and ``reset``.
+
+Regimes (``regime``, a hyper-parameter of every method, recorded in every run):
+
+- ``transductive``: ``adapt`` on the unlabeled adapt set, then ``predict`` the test set (the UEO
+  protocol);
+- ``online``: one pass over the test stream (every class, a seeded order that is the same for
+  every method), predictions made along it by ``stream_step``, which may update the method;
+- ``episodic``: like ``online``, but each test image is adapted on alone and the method is reset
+  before the next one, so the order cannot matter;
+- ``none``: nothing adapts (zero-shot): the same predictions under every regime.
+
+A method lists the regimes it supports in ``regimes``; the first is its default.
 """
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from benchmark import precision as prec
+from benchmark.augment import Augment
 from benchmark.model import ClipClassifier
 from benchmark.profiling import NULL_PROFILER, NullProfiler
 from benchmark.unlabeled import UnlabeledData
 
-COMMON_DEFAULTS: dict[str, Any] = {"prompts": "single"}
-"""Hyper-parameters of every method: fixed prompt set (``single`` = "a photo of a {}.", or ``ensemble``)."""
+REGIMES = ("transductive", "online", "episodic", "none")
+
+COMMON_DEFAULTS: dict[str, Any] = {"prompts": "single", "precision": "official", "regime": ""}
+"""Hyper-parameters of every method: the fixed prompt set (``benchmark.model.TEMPLATE_SETS``:
+``single`` = "a photo of a {}.", ``ensemble``, ``imagenet80``), the numerical precision
+(``benchmark.precision``) and the regime (default: the method's first)."""
 
 BASE_DEFAULTS: dict[str, Any] = {
     "epochs": 1,
@@ -29,15 +49,21 @@ BASE_DEFAULTS: dict[str, Any] = {
     "optimizer": "sgd",
     "lr": 1e-4,
     "momentum": 0.0,
+    "nesterov": False,
     "weight_decay": 0.0,
     "schedule": "cosine",
+    "schedule_step": "iteration",
     "warmup_epochs": 0,
     "warmup_lr": 1e-5,
-    "augment": "weak",
+    "augment": "rrc",
+    "crop_scale": [0.5, 1.0],
+    "interpolation": "bicubic",
     "drop_last": False,
-    "amp": True,
 }
-"""Loop hyper-parameters every adaptive method has; a method's ``defaults`` override them."""
+"""Loop hyper-parameters every method that trains has; a method's ``defaults`` override them."""
+
+HISTORY_POINTS = 10
+"""Points of the loss curve recorded along one pass of an online or episodic stream."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -73,7 +99,7 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
     if isinstance(default, (list, tuple)):
         if not isinstance(value, (list, tuple)):
             raise HyperParameterError(f"{key} expects a list, got {value!r}")
-        return list(value)
+        return [_coerce(key, default[0], v) for v in value] if default else list(value)
     return value
 
 
@@ -82,28 +108,31 @@ class Adapter:
 
     Class attributes:
         name: registry name (also the CLI name).
-        defaults: the paper's hyper-parameters; merged over ``BASE_DEFAULTS`` for adaptive methods.
-        adapts: False for methods that update nothing (zero-shot).
+        defaults: the paper's hyper-parameters; merged over ``BASE_DEFAULTS`` for methods that train.
+        adapts: False for methods whose predictions never depend on the data (zero-shot).
+        trains: False for methods that adapt without trainable parameters (e.g. TDA's caches).
         requires_vit: the method needs patch tokens.
-        online: one pass, one step per batch, predictions recorded while adapting.
-        views: extra augmented views the loss needs besides ``images`` (e.g. ``("strong",)``).
+        regimes: the regimes the method supports, its default first.
+        official_precision: what its official code runs in (``fp32``, ``fp16``, ``fp16_weights``).
         choices: allowed values of string hyper-parameters, for validation.
-        score_name: what the OOD score is (default MSP), recorded in every run.
     """
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     adapts: ClassVar[bool] = True
+    trains: ClassVar[bool] = True
     requires_vit: ClassVar[bool] = False
-    online: ClassVar[bool] = False
-    views: ClassVar[tuple[str, ...]] = ()
+    regimes: ClassVar[tuple[str, ...]] = ("transductive",)
+    official_precision: ClassVar[str] = "fp32"
     choices: ClassVar[dict[str, tuple]] = {
         "optimizer": ("sgd", "adam", "adamw"),
         "schedule": ("cosine", "constant"),
-        "prompts": ("single", "ensemble"),
-        "augment": ("none", "weak", "strong"),
+        "schedule_step": ("iteration", "epoch"),
+        "prompts": ("single", "ensemble", "imagenet80"),
+        "augment": ("none", "rrc", "crop"),
+        "interpolation": ("bicubic", "bilinear"),
+        "precision": prec.PRECISIONS,
     }
-    score_name: ClassVar[str] = "msp"
     profiler: NullProfiler = NULL_PROFILER
     """Phase timers of the loop; the runner sets a real ``Profiler`` under ``--profile``."""
 
@@ -118,17 +147,25 @@ class Adapter:
                 f"method {self.name!r} needs a ViT image encoder (patch tokens); "
                 f"the model's image encoder is {type(model.visual).__name__}. Use e.g. --model ViT-B-16."
             )
+        self.precision = prec.effective_precision(self.hp["precision"], self.official_precision, model.device)
+        if self.precision == "fp16_weights":
+            prec.to_fp16_weights(model.clip)
         for p in model.parameters():
             p.requires_grad_(False)
         self.param_groups = self._as_groups(self.configure())
         self._check_trainable()
-        self.optimizer = self.build_optimizer() if self.adapts else None
+        self.optimizer = self.build_optimizer() if self.param_groups else None
+        self.scaler = prec.grad_scaler(self.precision, model.device)
+        self.generator = torch.Generator().manual_seed(seed)
         self._initial_state = self._snapshot()
 
     @classmethod
     def hparam_defaults(cls) -> dict[str, Any]:
         """All hyper-parameters of this method with their default values."""
-        return {**COMMON_DEFAULTS, **(BASE_DEFAULTS if cls.adapts else {}), **cls.defaults}
+        hp = {**COMMON_DEFAULTS, **(BASE_DEFAULTS if cls.trains else {}), **cls.defaults}
+        if not hp["regime"]:
+            hp["regime"] = cls.regimes[0]
+        return hp
 
     @classmethod
     def resolve_hparams(cls, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -140,10 +177,12 @@ class Adapter:
                     f"{cls.name}.{key} is not a hyper-parameter of {cls.name}; known: {', '.join(sorted(hp)) or 'none'}"
                 )
             hp[key] = _coerce(f"{cls.name}.{key}", hp[key], value)
-            allowed = cls.choices.get(key)
+            allowed = cls.regimes if key == "regime" else cls.choices.get(key)
             if allowed and hp[key] not in allowed:
                 raise HyperParameterError(f"{cls.name}.{key} must be one of {', '.join(map(str, allowed))}, got {hp[key]!r}")
         return hp
+
+    # ---- what a method says -------------------------------------------------------------------
 
     def configure(self) -> list[nn.Parameter] | list[dict[str, Any]]:
         """Set train/eval modes and ``requires_grad``; return the parameters (or groups) to update."""
@@ -151,8 +190,15 @@ class Adapter:
         return []
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The unsupervised loss of one batch (``index`` and ``images``; never labels)."""
+        """The unsupervised loss of one batch (``index`` and the views; never labels)."""
         raise NotImplementedError(f"{type(self).__name__} must implement loss()")
+
+    def views(self) -> dict[str, Augment]:
+        """The train views a batch holds, by key: ``images`` from ``augment``, ``crop_scale`` and
+        ``interpolation`` (a random resized crop of the whole image plus a flip, by default)."""
+        hp = self.hp
+        return {"images": Augment(hp["augment"], scale=tuple(hp["crop_scale"]), interpolation=hp["interpolation"],
+                                  mean=self.model.mean.flatten().tolist())}
 
     def before_adapt(self, data: UnlabeledData) -> None:
         """Hook run once before the loop (statistics such as UEO's confidence weights)."""
@@ -167,6 +213,35 @@ class Adapter:
         """The subset of the adapt set the loop iterates over (None = all; UPL's selection)."""
         return None
 
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(N, K) logits on CLIP's scale (``100 cos``) of [0, 1] images; every OOD score is computed
+        from them (``benchmark.scores``). A method may return ``(logits, {name: score})`` to add
+        scores of its own."""
+        return self.model(images).float()
+
+    def stream_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Online and episodic regimes: predict one batch of the stream (and adapt on it)."""
+        raise NotImplementedError(f"{self.name} has no online or episodic regime")
+
+    def stream_batch_size(self) -> int:
+        """Images per ``stream_step`` (``batch_size``; episodic methods process images independently)."""
+        return int(self.hp.get("batch_size", 64))
+
+    # ---- the base machinery --------------------------------------------------------------------
+
+    @property
+    def regime(self) -> str:
+        return self.hp["regime"]
+
+    @property
+    def needs_full(self) -> bool:
+        """Whether a view of this regime crops from the whole image (the runner then loads the ``full`` view)."""
+        if not self.adapts:
+            return False
+        views = self.views() if self.regime == "transductive" else self.stream_views()
+        return any(v.needs_full for v in views.values())
+
     @staticmethod
     def _as_groups(params: list) -> list[dict[str, Any]]:
         if params and isinstance(params[0], dict):
@@ -178,23 +253,23 @@ class Adapter:
         return [p for g in self.param_groups for p in g["params"]]
 
     def _check_trainable(self) -> None:
-        """An adaptive method must update some but not all of the model's parameters."""
+        """A method that trains must update some but not all of the model's parameters; others none."""
         mine = self.trainable_parameters()
         total = sum(p.numel() for p in self.model.parameters())
         n = sum(p.numel() for p in mine)
-        if not self.adapts:
+        if not self.trains:
             if mine:
-                raise AssertionError(f"{self.name} says it does not adapt but returned {len(mine)} parameters")
+                raise AssertionError(f"{self.name} says it trains nothing but returned {len(mine)} parameters")
             return
         if n == 0:
-            raise AssertionError(f"{self.name} adapts but configure() returned no parameters")
+            raise AssertionError(f"{self.name} trains but configure() returned no parameters")
         if not all(p.requires_grad for p in mine):
             raise AssertionError(f"{self.name}: configure() returned parameters that do not require grad")
         if n >= total and total > 0:
             raise AssertionError(f"{self.name} updates every parameter of the model; configure() must select a subset")
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """SGD (momentum, weight decay), Adam or AdamW over ``param_groups`` with ``lr`` as base."""
+        """SGD (momentum, Nesterov, weight decay), Adam or AdamW over ``param_groups`` with ``lr`` as base."""
         hp = self.hp
         groups = []
         for g in self.param_groups:
@@ -202,40 +277,58 @@ class Adapter:
             g["lr"] = hp["lr"] * g.pop("lr_mult", 1.0)
             groups.append(g)
         if hp["optimizer"] == "sgd":
-            return torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+            return torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
+                                   nesterov=hp["nesterov"])
         if hp["optimizer"] == "adam":
             return torch.optim.Adam(groups, lr=hp["lr"], weight_decay=hp["weight_decay"])
         return torch.optim.AdamW(groups, lr=hp["lr"], weight_decay=hp["weight_decay"])
 
     def lr_factor(self, step: int, total: int, warmup: int) -> float:
-        """Learning-rate multiplier at iteration ``step``.
+        """Learning-rate multiplier at iteration ``step`` of ``total`` (``warmup`` of them warm-up).
 
-        During ``warmup`` iterations the rate is the constant ``warmup_lr`` (CoOp's constant
-        warm-up); afterwards cosine annealing ``0.5 (1 + cos(pi t / T))`` over all ``T`` iterations.
+        ``schedule_step: iteration`` (UEO, MUST): during ``warmup`` iterations the constant
+        ``warmup_lr``, then ``0.5 (1 + cos(pi t / T))`` at iteration ``t`` of all ``T``.
+        ``schedule_step: epoch`` (Dassl, UPL): constant within an epoch; epoch ``e`` below
+        ``warmup_epochs`` runs at ``warmup_lr``, later ones at ``0.5 (1 + cos(pi (e - w) / E))``
+        with ``E = epochs`` (Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR(T_max=E)``).
         """
+        hp = self.hp
         if step < warmup:
-            return self.hp["warmup_lr"] / self.hp["lr"]
-        if self.hp["schedule"] == "constant" or total <= 0:
+            return hp["warmup_lr"] / hp["lr"]
+        if hp["schedule"] == "constant" or total <= 0:
             return 1.0
+        if hp.get("schedule_step") == "epoch":
+            per_epoch = max(total // max(hp["epochs"], 1), 1)
+            epoch = step // per_epoch
+            return 0.5 * (1.0 + math.cos(math.pi * (epoch - hp["warmup_epochs"]) / hp["epochs"]))
         return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
     def autocast(self):
-        """bf16 autocast on CUDA when ``amp`` is on; a no-op context on CPU."""
-        enabled = self.hp.get("amp", False) and self.model.device.type == "cuda"
-        return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16, enabled=enabled)
+        """Autocast for ``bf16``/``fp16`` precision; a no-op context otherwise."""
+        return prec.autocast(self.precision, self.model.device)
 
     def step(self, loss: torch.Tensor) -> None:
-        """One optimiser step on ``loss`` after checking that it is finite."""
+        """One optimiser step on ``loss`` after checking that it is finite (loss-scaled under fp16)."""
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLoss(f"non-finite loss {loss.item()} in {self.name}")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
         self.after_step()
+
+    def set_lr(self, it: int, total: int, warmup: int) -> None:
+        """Apply the schedule's factor at iteration ``it`` to every parameter group."""
+        for g, base in zip(self.optimizer.param_groups, self._base_lrs()):
+            g["lr"] = base * self.lr_factor(it, total, warmup)
 
     def adapt(self, data: UnlabeledData) -> None:
         """The default offline loop: ``epochs`` passes over the adapt set, one step per batch."""
-        if not self.adapts:
+        if not self.trains:
             return
         hp = self.hp
         self.before_adapt(data)
@@ -246,22 +339,19 @@ class Adapter:
         warmup = hp["warmup_epochs"] * per_epoch
         bar = tqdm(total=total, desc=f"{self.name}", leave=False, disable=None)
         it = 0
+        views = self.views()
+        prof = self.profiler
         for epoch in range(hp["epochs"]):
             self.before_epoch(epoch, data)
-            indices = self.adapt_indices()
             losses = []
-            prof = self.profiler
-            batches = data.batches(
-                hp["batch_size"], shuffle=True, augment=hp["augment"], views=self.views,
-                drop_last=hp["drop_last"], indices=indices,
-            )
+            batches = data.batches(hp["batch_size"], shuffle=True, views=views, drop_last=hp["drop_last"],
+                                   indices=self.adapt_indices(), generator=self.generator)
             while True:
                 with prof.phase("data"):
                     batch = next(batches, None)
                 if batch is None:
                     break
-                for g, base in zip(self.optimizer.param_groups, self._base_lrs()):
-                    g["lr"] = base * self.lr_factor(it, total, warmup)
+                self.set_lr(it, total, warmup)
                 with prof.phase("forward"), self.autocast():
                     loss = self.loss(batch)
                 with prof.phase("backward"):
@@ -273,16 +363,43 @@ class Adapter:
             self.history.append({"epoch": epoch + 1, "loss": float(sum(losses) / max(len(losses), 1))})
         bar.close()
 
+    def stream(self, data: UnlabeledData, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, Any]]:
+        """Online and episodic regimes: one pass over ``data`` in ``order`` (default: its own), ``stream_step`` per batch.
+
+        Yields ``(index, predict-style output)`` per batch, ``index`` being positions in ``data``. The loss curve (``history``) gets
+        :data:`HISTORY_POINTS` points, each the mean of the ``last_loss`` values the steps since
+        the previous point left (``epoch`` = fraction of the stream seen).
+        """
+        size = self.stream_batch_size()
+        n = len(data) if order is None else len(order)
+        total = data.num_batches(size, n=n)
+        bar = tqdm(total=n, desc=f"{self.name} ({self.regime})", leave=False, disable=None, unit="img")
+        window: list[float] = []
+        marks = {max(1, round(total * (i + 1) / HISTORY_POINTS)) for i in range(HISTORY_POINTS)}
+        prof = self.profiler
+        for i, batch in enumerate(data.batches(size, shuffle=False, views=self.stream_views(), indices=order,
+                                               generator=self.generator), start=1):
+            self.last_loss = None
+            with prof.phase("forward"), self.autocast():
+                out = self.stream_step(batch)
+            prof.count("adapt", len(batch["index"]))
+            if self.last_loss is not None:
+                window.append(float(self.last_loss))
+            if i in marks and window:
+                self.history.append({"epoch": round(i / total, 4), "loss": sum(window) / len(window)})
+                window = []
+            bar.update(len(batch["index"]))
+            yield batch["index"], out
+        bar.close()
+
+    def stream_views(self) -> dict[str, Augment]:
+        """The views a stream batch holds (default: the test view only)."""
+        return {"images": Augment("none")}
+
     def _base_lrs(self) -> list[float]:
         if not hasattr(self, "_lrs"):
             self._lrs = [g["lr"] for g in self.optimizer.param_groups]
         return self._lrs
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits over the K known classes, OOD score: higher = more likely known; MSP)."""
-        logits = self.model(images).float()
-        return logits, logits.softmax(dim=-1).max(dim=-1).values
 
     def _snapshot(self) -> dict[str, Any]:
         return {
@@ -295,3 +412,8 @@ class Adapter:
         self.model.load_state_dict(self._initial_state["model"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(self._initial_state["optimizer"])
+
+    def describe(self) -> dict[str, Any]:
+        """What the record says about how this run computed: effective precision and views."""
+        return {"precision": self.precision, "regime": self.regime,
+                "views": {k: v.describe() for k, v in self.views().items()} if self.trains else {}}

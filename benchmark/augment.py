@@ -1,84 +1,227 @@
-"""Batched image augmentation on [0,1] tensors (one affine resample per batch, CPU or GPU).
+"""Train-time views of the adapt images, computed batch-wise on tensors (CPU or GPU).
 
-Images are cached at the model's resolution, so augmentations work on tensors rather than on
-decoded files: ``RandomResizedCrop(scale 0.5-1, bicubic) + horizontal flip`` becomes one
-``affine_grid`` + ``grid_sample`` call for the whole batch.
+The official loaders crop from the whole decoded image (``RandomResizedCrop`` applied to the
+file's image, not to a centre crop), so augmentations here read the ``full`` view of each image
+(the whole image with its long side at the model resolution R, edge-padded to R x R, with its
+valid height and width; see ``benchmark.data.images``) and resample the crop with one
+``affine_grid`` + ``grid_sample`` call per batch. The crop boxes are drawn exactly as
+torchvision's ``RandomResizedCrop.get_params`` draws them (ten tries, then a centre crop of
+clamped aspect ratio), in the pixel units of that view.
+
+An :class:`Augment` is a frozen, named recipe (kind plus parameters); methods build theirs from
+their hyper-parameters, and ``describe()`` goes into the run record.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+KINDS = ("none", "rrc", "crop", "randaugment")
+"""``none``: the test view (centre crop); ``rrc``: random resized crop (+ flip) of the whole image;
+``crop``: resize the short side to R, then a random R x R crop (MUST's weak view); ``randaugment``:
+``rrc`` followed by timm's RandAugment (MUST's strong view)."""
 
-def random_resized_crop(
-    images: torch.Tensor,
-    generator: torch.Generator,
-    scale: tuple[float, float] = (0.5, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip: bool = True,
-) -> torch.Tensor:
-    """Crop a random area fraction in ``scale`` with aspect ratio in ``ratio``, resize back, maybe flip.
 
-    A crop of relative width ``w`` and height ``h`` centred at ``(cx, cy)`` (in [-1, 1]
-    coordinates) is the affine map ``x' = w x + cx``, ``y' = h y + cy``; a flip negates ``w``.
+@dataclass
+class ImageBatch:
+    """One batch of adapt images: the test view and, when loaded, the whole-image view and its sizes."""
+
+    center: torch.Tensor
+    full: torch.Tensor | None = None
+    sizes: torch.Tensor | None = None
+
+    def center_float(self) -> torch.Tensor:
+        return self.center.float().div(255.0)
+
+    def whole(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float [0,1] whole-image view, (B, 2) valid heights and widths); the centre view if no full view."""
+        if self.full is None:
+            r = self.center.shape[-1]
+            return self.center_float(), torch.full((self.center.shape[0], 2), r, dtype=torch.float64)
+        return self.full.float().div(255.0), self.sizes.double()
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return torch.empty(n, dtype=torch.float64).uniform_(lo, hi, generator=g)
+
+
+def rrc_boxes(sizes: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float],
+              generator: torch.Generator, attempts: int = 10) -> torch.Tensor:
+    """(B, 4) crop boxes ``(top, left, height, width)`` in pixels, torchvision's ``get_params`` batched.
+
+    Per image of valid size ``(h, w)``: up to ten tries of a target area ``h w U(scale)`` and a
+    log-uniform aspect ratio in ``ratio``, ``cw = round(sqrt(area r))``, ``ch = round(sqrt(area / r))``;
+    the first try that fits is placed uniformly at random; if none fits, the centre crop of the
+    whole image with its aspect ratio clamped to ``ratio``.
     """
-    n = images.shape[0]
-    g = generator
-    area = torch.empty(n).uniform_(scale[0], scale[1], generator=g)
-    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
-    r = torch.exp(log_r)
-    w = torch.sqrt(area * r).clamp(max=1.0)
-    h = torch.sqrt(area / r).clamp(max=1.0)
-    cx = (torch.rand(n, generator=g) * 2 - 1) * (1 - w)
-    cy = (torch.rand(n, generator=g) * 2 - 1) * (1 - h)
-    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if flip else torch.ones(n)
+    n = sizes.shape[0]
+    h, w = sizes[:, 0].double(), sizes[:, 1].double()
+    box = torch.full((n, 4), -1.0, dtype=torch.float64)
+    done = torch.zeros(n, dtype=torch.bool)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(attempts):
+        area = h * w * _uniform(n, scale[0], scale[1], generator)
+        r = torch.exp(_uniform(n, log_lo, log_hi, generator))
+        cw = torch.round(torch.sqrt(area * r))
+        ch = torch.round(torch.sqrt(area / r))
+        fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h) & ~done
+        top = torch.floor(torch.rand(n, generator=generator, dtype=torch.float64) * (h - ch + 1))
+        left = torch.floor(torch.rand(n, generator=generator, dtype=torch.float64) * (w - cw + 1))
+        box[fits] = torch.stack([top, left, ch, cw], dim=1)[fits]
+        done |= fits
+    if not done.all():
+        aspect = w / h
+        cw = torch.where(aspect < ratio[0], w, torch.where(aspect > ratio[1], torch.round(h * ratio[1]), w))
+        ch = torch.where(aspect < ratio[0], torch.round(w / ratio[0]), h)
+        fallback = torch.stack([torch.floor((h - ch) / 2), torch.floor((w - cw) / 2), ch, cw], dim=1)
+        box[~done] = fallback[~done]
+    return box
+
+
+def resize_crop_boxes(sizes: torch.Tensor, out: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, 4) boxes of ``Resize(out) + RandomCrop(out)``: a square of the short side at a random offset.
+
+    With the short side resized to ``out`` the long side is ``round(long * out / short)``; the
+    crop offset is uniform over the integers ``0 .. long_r - out``, mapped back to pixels.
+    """
+    h, w = sizes[:, 0].double(), sizes[:, 1].double()
+    short = torch.minimum(h, w)
+    long_r = torch.round(torch.maximum(h, w) * out / short)
+    off = torch.floor(torch.rand(sizes.shape[0], generator=generator, dtype=torch.float64) * (long_r - out + 1))
+    off = off * short / out
+    top = torch.where(h > w, off, torch.zeros_like(off))
+    left = torch.where(h > w, torch.zeros_like(off), off)
+    return torch.stack([top, left, short, short], dim=1)
+
+
+def crop_resample(images: torch.Tensor, boxes: torch.Tensor, out: int, flip: torch.Tensor | None,
+                  mode: str = "bicubic") -> torch.Tensor:
+    """Resample ``boxes`` (top, left, height, width in pixels) of (B, 3, S, S) images to (B, 3, out, out).
+
+    A box maps to the affine grid ``x = (w / S) u + (2 left + w) / S - 1`` (likewise for y) in
+    ``grid_sample``'s normalised coordinates (``align_corners=False``); a flip negates ``w / S``.
+    """
+    n, _, size_h, size_w = images.shape
+    top, left, bh, bw = (boxes[:, i].float() for i in range(4))
+    sx = bw / size_w
+    if flip is not None:
+        sx = torch.where(flip, -sx, sx)
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = w * sign
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = cy
+    theta[:, 0, 0] = sx
+    theta[:, 0, 2] = (2 * left + bw) / size_w - 1
+    theta[:, 1, 1] = bh / size_h
+    theta[:, 1, 2] = (2 * top + bh) / size_h - 1
     theta = theta.to(images.device, images.dtype)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    out = F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=False)
-    return out.clamp_(0.0, 1.0)
+    grid = F.affine_grid(theta, [n, 3, out, out], align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False).clamp_(0.0, 1.0)
 
 
-def color_jitter(images: torch.Tensor, generator: torch.Generator, strength: float = 0.4) -> torch.Tensor:
-    """Random brightness, contrast and saturation factors in ``[1-s, 1+s]`` per image."""
-    n = images.shape[0]
+def _posterize(img, bits_to_keep: int, **__):
+    """timm's posterize, with 0 bits kept giving a black image as Pillow < 10 did (MUST's timm 0.4.12).
 
-    def factor() -> torch.Tensor:
-        f = 1 + (torch.rand(n, generator=generator) * 2 - 1) * strength
-        return f.view(n, 1, 1, 1).to(images.device, images.dtype)
+    ``PosterizeIncreasing`` at magnitude 10 keeps ``4 - 4 = 0`` bits; current Pillow rejects that.
+    """
+    from PIL import Image, ImageOps
 
-    x = images * factor()
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * factor() + mean
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    x = (x - gray) * factor() + gray
-    return x.clamp_(0.0, 1.0)
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
 
 
-def random_grayscale(images: torch.Tensor, generator: torch.Generator, p: float = 0.2) -> torch.Tensor:
-    """Turn each image grey with probability ``p``."""
-    n = images.shape[0]
-    pick = (torch.rand(n, generator=generator) < p).view(n, 1, 1, 1).to(images.device)
-    gray = (0.299 * images[:, 0:1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3]).expand_as(images)
-    return torch.where(pick, gray, images)
+def _pil_batch(images: torch.Tensor) -> list:
+    from PIL import Image
+
+    arrays = images.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arrays]
 
 
-def weak(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The recipes' train augmentation: RandomResizedCrop(scale 0.5-1, bicubic) + flip."""
-    return random_resized_crop(images, generator)
+@dataclass(frozen=True)
+class Augment:
+    """A named batch transform of adapt images (see :data:`KINDS`).
 
+    ``scale``/``ratio``: the random-resized-crop area fraction and aspect ratio; ``flip``: random
+    horizontal flip (p = 0.5); ``interpolation``: ``bicubic`` or ``bilinear``; ``randaugment``:
+    timm's config string (e.g. MUST's ``rand-m9-mstd0.5-inc1``); ``mean``: the model's
+    normalisation mean (timm fills rotated and sheared borders with it).
+    """
 
-def strong(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A strong view for self-training: crop + flip + colour jitter + random greyscale."""
-    x = random_resized_crop(images, generator, scale=(0.3, 1.0))
-    return random_grayscale(color_jitter(x, generator), generator)
+    kind: str = "none"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    interpolation: str = "bicubic"
+    randaugment: str = ""
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    _ra: list = field(default_factory=list, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown augmentation {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.interpolation not in ("bicubic", "bilinear"):
+            raise ValueError(f"interpolation must be bicubic or bilinear, got {self.interpolation!r}")
+        if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ValueError(f"crop scale must satisfy 0 < lo <= hi <= 1, got {list(self.scale)}")
+        if self.kind == "randaugment" and not self.randaugment:
+            raise ValueError("kind randaugment needs a timm config string, e.g. rand-m9-mstd0.5-inc1")
 
-AUGMENTATIONS = {"none": lambda x, g: x, "weak": weak, "strong": strong}
-"""Named augmentations a method may ask for in ``UnlabeledData.batches``."""
+    @property
+    def needs_full(self) -> bool:
+        """Whether the transform crops from the whole image (so the ``full`` view must be loaded)."""
+        return self.kind != "none"
+
+    def randaugment_transform(self, size: int):
+        """timm's RandAugment for ``size`` px images, with the hyper-parameters timm's
+        ``create_transform`` gives it (``translate_const = int(0.45 size)``, the fill colour
+        ``round(255 * mean)``, the crop's interpolation); built once."""
+        if not self._ra:
+            from timm.data import auto_augment
+            from timm.data.auto_augment import rand_augment_transform
+            from timm.data.transforms import str_to_pil_interp
+
+            for op in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+                if op in auto_augment.NAME_TO_OP:
+                    auto_augment.NAME_TO_OP[op] = _posterize
+            hparams = {"translate_const": int(size * 0.45), "img_mean": tuple(round(255 * m) for m in self.mean),
+                       "interpolation": str_to_pil_interp(self.interpolation)}
+            self._ra.append(rand_augment_transform(self.randaugment, hparams))
+        return self._ra[0]
+
+    def __call__(self, batch: ImageBatch, generator: torch.Generator) -> torch.Tensor:
+        """The augmented float [0, 1] images (B, 3, R, R) of one batch."""
+        if self.kind == "none":
+            return batch.center_float()
+        images, sizes = batch.whole()
+        out = batch.center.shape[-1]
+        n = images.shape[0]
+        if self.kind == "crop":
+            return crop_resample(images, resize_crop_boxes(sizes, out, generator), out, None, self.interpolation)
+        boxes = rrc_boxes(sizes, self.scale, self.ratio, generator)
+        flip = (torch.rand(n, generator=generator) < 0.5) if self.flip else None
+        crops = crop_resample(images, boxes, out, flip.to(images.device) if flip is not None else None,
+                              self.interpolation)
+        if self.kind == "randaugment":
+            ra = self.randaugment_transform(out)
+            pil = [ra(im) for im in _pil_batch(crops)]
+            arr = np.stack([np.asarray(im, dtype=np.uint8) for im in pil])
+            crops = torch.from_numpy(arr).permute(0, 3, 1, 2).to(images.device).float().div_(255.0)
+        return crops
+
+    def describe(self) -> dict:
+        """What the record says about this view."""
+        if self.kind == "none":
+            return {"kind": "none"}
+        out = {k: v for k, v in asdict(self).items() if not k.startswith("_") and k != "mean"}
+        if self.kind == "crop":
+            out = {"kind": "crop", "interpolation": self.interpolation}
+        if self.kind == "randaugment":
+            ra = self.randaugment_transform(224)
+            out["randaugment_ops"] = [op.name for op in ra.ops]
+            out["randaugment_magnitude"] = ra.ops[0].magnitude if ra.ops else None
+            out["randaugment_num_ops"] = ra.num_layers
+        return out

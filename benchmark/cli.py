@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mmengine config of a whole sweep (e.g. configs/ueo_paper.py); flags given on the "
                         "command line override its values")
     p.add_argument("--dry-run", action="store_true", help="list the runs of the sweep and exit; runs nothing")
+    p.add_argument("--show-hparams", action="store_true",
+                   help="with --dry-run: print every run's resolved hyper-parameters as key=value")
     p.add_argument("--profile", action="store_true",
                    help="record time per phase (data, forward, backward, evaluate) and images/s in each record")
     p.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
@@ -118,6 +120,11 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
                    help="N seeded resamples of the test samples for 95%% intervals (default: 0 = off)")
     g.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help=f"significance level of the tests and the critical difference (default: {DEFAULT_ALPHA})")
+    from benchmark.scores import score_names
+
+    g.add_argument("--score", default=None, metavar="NAME",
+                   help="OOD score of AUROC, FPR95, AUPR, OSCR and the H-scores (default: each protocol's headline, "
+                        f"msp_cos for ueo); registered: {', '.join(score_names())}, or a method's own recorded score")
 
 
 def _report_options(args: argparse.Namespace) -> dict:
@@ -127,7 +134,7 @@ def _report_options(args: argparse.Namespace) -> dict:
     if not 0.0 < args.alpha < 1.0:
         raise UsageError(f"--alpha must lie in (0, 1), got {args.alpha}")
     return {"metrics": tuple(args.metrics), "baseline": args.baseline, "bootstrap": args.bootstrap,
-            "alpha": args.alpha}
+            "alpha": args.alpha, "score": args.score}
 
 
 def _list_registries() -> str:
@@ -244,20 +251,29 @@ def _backbones(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [(m, p or (EMBEDDED_TAG if m == EMBEDDED_MODEL else "openai")) for m, p in pairs]
 
 
-def _print_plan(specs: list, out: Path, not_applicable: list[str]) -> None:
-    """The dry run's table: one line per run, whether its record is already complete, and counts."""
+def _print_plan(specs: list, out: Path, not_applicable: list[str], show_hparams: bool = False) -> None:
+    """The dry run's table: one line per run, whether its record is already complete, and counts.
+
+    ``show_hparams`` adds an indented line per run with every resolved hyper-parameter as
+    ``key=value`` and the departures from the method's recipe on that data set.
+    """
     from collections import Counter
 
     from benchmark.records import is_complete
+    from benchmark.report import _fmt_value, departures
 
-    print(f"{'#':>5}  {'hash':<16}  {'method':<13} {'dataset/domain':<26} {'setting':<7} {'seed':>4}  "
+    print(f"{'#':>5}  {'hash':<16}  {'method':<21} {'dataset/domain':<26} {'setting':<7} {'seed':>4}  "
           f"{'model':<16} state")
     done = 0
     for i, s in enumerate(specs, 1):
         complete = is_complete(out / "runs" / s.hash)
         done += complete
-        print(f"{i:>5}  {s.hash:<16}  {s.method:<13} {s.dataset + '/' + s.domain:<26} {s.setting:<7} {s.seed:>4}  "
+        print(f"{i:>5}  {s.hash:<16}  {s.method:<21} {s.dataset + '/' + s.domain:<26} {s.setting:<7} {s.seed:>4}  "
               f"{s.model:<16} {'complete' if complete else 'to run'}")
+        if show_hparams:
+            print("       hparams: " + " ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(s.hparams.items())))
+            diffs = departures(s.method, s.hparams, s.dataset)
+            print("       departures: " + (" ".join(f"{k}={_fmt_value(v)}" for k, v in diffs.items()) or "none"))
     per = Counter((s.model, s.method) for s in specs)
     print("runs per backbone and method: " + ", ".join(f"{m}/{meth} {n}" for (m, meth), n in sorted(per.items())))
     for line in not_applicable:
@@ -297,8 +313,10 @@ def _run(args: argparse.Namespace) -> int:
             ), not_applicable)
     except (SweepError, HyperParameterError, ModelError, KeyError) as err:
         raise UsageError(err.args[0] if err.args else str(err)) from err
+    if not args.dry_run:
+        _check_precision(specs, args.device)
     if args.dry_run:
-        _print_plan(specs, out, not_applicable)
+        _print_plan(specs, out, not_applicable, args.show_hparams)
         return 0
     if not specs:
         raise UsageError("nothing to run: " + "; ".join(not_applicable or ["the sweep is empty"]))
@@ -316,6 +334,19 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  failed: {s['method']} {s['dataset']}/{s['domain']}/{s['setting']} seed {s['seed']}: {r.get('error')}"
               f" (record: {out}/runs/{r['hash']}/result.json)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _check_precision(specs: list, device: str) -> None:
+    """Every run's ``precision`` must run on ``device`` (only fp32 on a CPU): exit 2 before anything runs."""
+    from benchmark.precision import PrecisionError, effective_precision
+    from benchmark.registry import get_method
+
+    for spec in specs:
+        cls = get_method(spec.method)
+        try:
+            effective_precision(spec.hparams["precision"], cls.official_precision, device)
+        except PrecisionError as err:
+            raise UsageError(f"{spec.method}: {err}") from err
 
 
 def summarize(records: list[dict], out: Path) -> str:

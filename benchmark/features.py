@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-FORMAT = 1
+FORMAT = 2
 """Version of the key and file format; bump when the feature computation changes."""
 BATCH = 64
 """Images per forward pass while extracting features."""
@@ -119,7 +119,7 @@ def frozen_image_features(model, images: torch.Tensor) -> torch.Tensor:
     cache: FeatureCache | None = getattr(model, "feature_cache", None)
     if cache is None or not _encoder_frozen(model):
         return compute_image_features(model, images)
-    key = cache.key(model.mean, model.std, images, model.device.type)
+    key = cache.key(model.mean, model.std, images, f"{model.device.type}/{model.input_dtype}")
     feats = cache.load(key)
     if feats is None:
         cache.misses += 1

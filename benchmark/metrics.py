@@ -14,17 +14,24 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-METRIC_NAMES: tuple[str, ...] = (
-    "acc",
-    "acc_pc",
+CLASSIFICATION_METRICS: tuple[str, ...] = ("acc", "acc_pc")
+"""Metrics of the argmax prediction alone (the same under every OOD score)."""
+
+SCORE_METRICS: tuple[str, ...] = (
     "auroc",
     "fpr95",
     "aupr_in",
     "aupr_out",
     "oscr",
-    "h_score",
+    "hm_accpc_auroc",
+    "hos",
+    "hos_known",
+    "hos_unknown",
 )
-"""The eight metric keys of :func:`open_set_metrics`, in report order."""
+"""Metrics that depend on the OOD score (computed once per score)."""
+
+METRIC_NAMES: tuple[str, ...] = CLASSIFICATION_METRICS + SCORE_METRICS
+"""Every metric key of :func:`open_set_metrics`, in report order."""
 
 HIGHER_IS_BETTER: dict[str, bool] = {name: name != "fpr95" for name in METRIC_NAMES}
 """Direction of each metric: only ``fpr95`` is lower-is-better."""
@@ -260,12 +267,13 @@ def oscr(pred: object, label: object, score: object, num_known: int) -> float:
     return float(100.0 * area)
 
 
-def h_score(acc_pc: float, auroc: float) -> float:
-    """Harmonic mean of closed-set and open-set performance: ``2 a b / (a + b)``.
+def harmonic_mean(a: float, b: float) -> float:
+    """``2 a b / (a + b)`` (percent in, percent out); ``0`` if both are 0, ``nan`` if either is ``nan``.
 
-    Inputs and output in percent. ``0`` if both are 0, ``nan`` if either is ``nan``.
+    ``hm_accpc_auroc`` is the harmonic mean of ``acc_pc`` and ``auroc`` (UEO's summary of
+    closed-set and open-set performance); ``hos`` is that of ``hos_known`` and ``hos_unknown``.
     """
-    a, b = float(acc_pc), float(auroc)
+    a, b = float(a), float(b)
     if np.isnan(a) or np.isnan(b):
         return _NAN
     if a + b == 0.0:
@@ -273,34 +281,107 @@ def h_score(acc_pc: float, auroc: float) -> float:
     return 2.0 * a * b / (a + b)
 
 
-def open_set_metrics(pred: object, label: object, score: object, num_known: int) -> dict[str, float]:
-    """All open-set metrics of one evaluation, in percent.
+def otsu_threshold(score: object) -> float:
+    """Otsu's threshold of a score distribution: the cut that maximises the between-class variance.
 
-    Keys: ``acc``, ``acc_pc``, ``auroc``, ``fpr95`` (FPR at 95% TPR), ``aupr_in``
-    (AP, known positive, ``score``), ``aupr_out`` (AP, unknown positive, ``-score``), ``oscr``,
-    ``h_score`` (of ``acc_pc`` and ``auroc``), plus the int counts ``n``, ``n_known``,
-    ``n_unknown``. Known-vs-unknown metrics are ``nan`` when either group is empty; the
-    closed-set ones are ``nan`` when there is no known sample.
+    Over the sorted scores ``s_1 <= ... <= s_n`` and every cut ``k`` between two distinct values,
+    ``sigma_b^2(k) = w_0 w_1 (mu_0 - mu_1)^2`` with ``w`` the group fractions and ``mu`` the
+    group means; the threshold is the midpoint of the best cut (``score >= t`` is accepted as
+    known). Exact (no histogram bins), deterministic, and it reads nothing but the scores: the
+    label-free rejection rule of :func:`unida_hscore`. ``nan`` when fewer than two distinct
+    values exist.
+    """
+    s = np.sort(_as_score(score))
+    if s.size < 2 or s[0] == s[-1]:
+        return _NAN
+    n = s.size
+    csum = np.cumsum(s)
+    k = np.arange(1, n)
+    cut = s[1:] != s[:-1]
+    w0 = k / n
+    mu0 = csum[:-1] / k
+    mu1 = (csum[-1] - csum[:-1]) / (n - k)
+    between = np.where(cut, w0 * (1.0 - w0) * (mu0 - mu1) ** 2, -np.inf)
+    j = int(np.argmax(between))
+    return float((s[j] + s[j + 1]) / 2.0)
+
+
+def unida_hscore(pred: object, label: object, score: object, num_known: int, threshold: float) -> dict[str, float]:
+    """The UniDA H-score with a given rejection threshold, in percent.
+
+    A sample is rejected as unknown when ``score < threshold``. ``hos_known`` is the mean over
+    the known classes present of the per-class accuracy, where a known sample counts as correct
+    only when accepted and classified correctly; ``hos_unknown`` is the fraction of unknown
+    samples rejected; ``hos`` is their harmonic mean (Fu et al., ECCV 2020; OVANet, Saito &
+    Saenko, ICCV 2021). Rejecting everything gives ``hos_known = 0``, accepting everything
+    ``hos_unknown = 0``, so both give ``hos = 0``. ``nan`` when either group is empty or the
+    threshold is undefined.
+    """
+    pred_a, label_a, k = _check_classification(pred, label, num_known)
+    s = _as_score(score)
+    _same_length(pred=pred_a, label=label_a, score=s)
+    known = label_a < k
+    if not known.any() or known.all() or not np.isfinite(threshold):
+        return {"hos": _NAN, "hos_known": _NAN, "hos_unknown": _NAN}
+    accepted = s >= threshold
+    lab = label_a[known]
+    hit = (accepted & (pred_a == label_a))[known].astype(np.float64)
+    total = np.bincount(lab, minlength=k)
+    correct = np.bincount(lab, weights=hit, minlength=k)
+    present = total > 0
+    a_known = float(100.0 * np.mean(correct[present] / total[present]))
+    a_unknown = float(100.0 * np.mean(~accepted[~known]))
+    return {"hos": harmonic_mean(a_known, a_unknown), "hos_known": a_known, "hos_unknown": a_unknown}
+
+
+def classification_metrics(pred: object, label: object, num_known: int) -> dict[str, float]:
+    """``acc``, ``acc_pc`` and the counts ``n``, ``n_known``, ``n_unknown`` (no score needed)."""
+    pred_a, label_a, k = _check_classification(pred, label, num_known)
+    n_known = int((label_a < k).sum())
+    return {"acc": accuracy(pred_a, label_a, k), "acc_pc": per_class_accuracy(pred_a, label_a, k),
+            "n": int(label_a.size), "n_known": n_known, "n_unknown": int(label_a.size - n_known)}
+
+
+def score_metrics(pred: object, label: object, score: object, num_known: int,
+                  threshold: float = _NAN, acc_pc: float | None = None) -> dict[str, float]:
+    """The metrics of one OOD score, in percent.
+
+    ``auroc``, ``fpr95`` (FPR at 95% TPR), ``aupr_in`` (AP, known positive, ``score``),
+    ``aupr_out`` (AP, unknown positive, ``-score``), ``oscr``, ``hm_accpc_auroc`` (harmonic
+    mean of ``acc_pc`` and ``auroc``), and the UniDA H-score ``hos`` with its parts at
+    ``threshold`` (which the caller fits without labels, e.g. :func:`otsu_threshold` of the
+    adapt set's scores), plus ``threshold`` itself. Known-vs-unknown metrics are ``nan`` when
+    either group is empty.
     """
     pred_a, label_a, k = _check_classification(pred, label, num_known)
     s = _as_score(score)
     _same_length(pred=pred_a, label=label_a, score=s)
     is_known = label_a < k
-    n_known = int(is_known.sum())
-    n_unknown = int(is_known.size - n_known)
-    both = n_known > 0 and n_unknown > 0
-
-    acc_pc = per_class_accuracy(pred_a, label_a, k)
+    both = bool(is_known.any() and (~is_known).any())
+    if acc_pc is None:
+        acc_pc = per_class_accuracy(pred_a, label_a, k)
     au = auroc(s, is_known)
-    out: dict[str, float] = {
-        "acc": accuracy(pred_a, label_a, k),
-        "acc_pc": acc_pc,
+    out = {
         "auroc": au,
         "fpr95": fpr_at_tpr(s, is_known, 0.95) if both else _NAN,
         "aupr_in": average_precision(s, is_known) if both else _NAN,
         "aupr_out": average_precision(-s, ~is_known) if both else _NAN,
         "oscr": oscr(pred_a, label_a, s, k),
-        "h_score": h_score(acc_pc, au),
+        "hm_accpc_auroc": harmonic_mean(acc_pc, au),
     }
-    out.update(n=int(is_known.size), n_known=n_known, n_unknown=n_unknown)
+    out.update(unida_hscore(pred_a, label_a, s, k, threshold))
+    out["threshold"] = float(threshold)
+    return out
+
+
+def open_set_metrics(pred: object, label: object, score: object, num_known: int,
+                     threshold: float | None = None) -> dict[str, float]:
+    """All open-set metrics of one evaluation with one score, in percent (a flat dict).
+
+    :func:`classification_metrics` plus :func:`score_metrics`; ``threshold`` None fits Otsu's
+    threshold on ``score`` itself (label-free).
+    """
+    out = classification_metrics(pred, label, num_known)
+    t = otsu_threshold(score) if threshold is None else threshold
+    out.update(score_metrics(pred, label, score, num_known, t, out["acc_pc"]))
     return out

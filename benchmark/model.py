@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmark.precision import weights_dtype
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_DIR = REPO_ROOT / "datasets" / "synthetic"
 EMBEDDED_MODEL = "clipbench-tiny"
@@ -35,6 +37,14 @@ ENSEMBLE_TEMPLATES = (
     "a painting of a {}.",
 )
 """A small template ensemble (a subset of CLIP's ImageNet prompts) for the ensemble option."""
+IMAGENET_TEMPLATES = tuple(t("{}") for t in open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES)
+"""CLIP's 80 ImageNet templates (MUST's classifier initialisation, salesforce/MUST templates.json:5-86)."""
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "single": (DEFAULT_TEMPLATE,),
+    "ensemble": ENSEMBLE_TEMPLATES,
+    "imagenet80": IMAGENET_TEMPLATES,
+}
+"""The fixed prompt sets a method's ``prompts`` hyper-parameter names."""
 
 LOGIT_SCALE = 100.0
 """Fixed scale of the training and evaluation logits: ``100 * cos(image, text)``."""
@@ -124,12 +134,15 @@ class PromptContext(nn.Module):
 
     The prompt of class k is ``[SOS] ctx_1 .. ctx_n <name_k> . [EOS]``; the context is
     initialised from the token embeddings of ``init`` when it has exactly ``n_ctx`` tokens
-    (e.g. "a photo of a" for 4 tokens), otherwise from N(0, 0.02) as in CoOp.
+    (e.g. "a photo of a" for 4 tokens), otherwise from N(0, 0.02) as in CoOp. It is created in
+    the text tower's weight type, float16 for a model converted as ``clip.load`` does on a GPU
+    (as UEO's and UPL's contexts are).
     """
 
     def __init__(self, clip: nn.Module, tokenizer, classnames: list[str], n_ctx: int, init: str | None):
         super().__init__()
         embed = clip.token_embedding
+        dtype = clip.transformer.get_cast_dtype()
         init_ids = tokenizer([init])[0] if init else None
         n_init = int((init_ids > 0).sum()) - 2 if init else 0
         if init and n_init == n_ctx:
@@ -137,7 +150,7 @@ class PromptContext(nn.Module):
                 ctx = embed(init_ids.to(embed.weight.device))[1 : 1 + n_ctx].clone()
         else:
             ctx = torch.randn(n_ctx, embed.weight.shape[1]) * 0.02
-        self.ctx = nn.Parameter(ctx.float())
+        self.ctx = nn.Parameter(ctx.to(dtype))
         placeholder = " ".join(["X"] * n_ctx)
         tokens = tokenizer([f"{placeholder} {prompt_text(c)}." for c in classnames])
         self.register_buffer("tokens", tokens, persistent=False)
@@ -240,9 +253,15 @@ class ClipClassifier(nn.Module):
         self._text_cache = None
         return self.prompt.ctx
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """What images are cast to before the image encoder (float16 for ``fp16_weights``)."""
+        return weights_dtype(self.visual)
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, D) normalised image features of [0,1] images."""
-        return F.normalize(self.clip.encode_image(self.normalize(images)).float(), dim=-1)
+        x = self.normalize(images).to(self.input_dtype)
+        return F.normalize(self.clip.encode_image(x).float(), dim=-1)
 
     def cosine(self, images: torch.Tensor) -> torch.Tensor:
         """(N, K) cosine similarities between images and class prompts."""
@@ -282,7 +301,7 @@ class ClipClassifier(nn.Module):
             raise ModelError("patch tokens need a ViT image encoder (e.g. ViT-B-16); this model is "
                              f"{type(self.visual).__name__}")
         v = self.visual
-        x = v.conv1(self.normalize(images))
+        x = v.conv1(self.normalize(images).to(self.input_dtype))
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
         if mask is not None:
             x = torch.where(mask.unsqueeze(-1), mask_token.to(x.dtype).expand_as(x), x)

@@ -4,6 +4,7 @@ Files are reproducible: no creation date is embedded, and colours follow the met
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np  # noqa: E402
 
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from benchmark.records import atomic_write  # noqa: E402
 from benchmark.tables import Cell  # noqa: E402
 
 DPI = 110
@@ -29,11 +31,13 @@ def colours(methods: list[str]) -> dict[str, tuple[float, ...]]:
 
 
 def save(fig: plt.Figure, stem: Path) -> list[Path]:
-    """Write ``stem.png`` and ``stem.pdf``, close the figure, return both paths."""
+    """Write ``stem.png`` and ``stem.pdf`` atomically, close the figure, return both paths."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
-    fig.savefig(png, dpi=DPI, metadata=_PNG_META)
-    fig.savefig(pdf, metadata=_PDF_META)
+    for path, kwargs in ((png, {"dpi": DPI, "metadata": _PNG_META}), (pdf, {"metadata": _PDF_META})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=path.suffix[1:], **kwargs)
+        atomic_write(path, buf.getvalue())
     plt.close(fig)
     return [png, pdf]
 

@@ -27,7 +27,10 @@ def spec_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``path`` through a temporary file in its folder and a rename: readers see old or new, never half."""
+    if isinstance(data, str):
+        data = data.encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -57,14 +60,14 @@ def _jsonable(obj: Any) -> Any:
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
     """Atomically write ``obj`` as indented JSON (NaN written as null)."""
-    _atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(path, (json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n").encode())
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Atomically write compressed arrays."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:

@@ -8,13 +8,21 @@ that occurs in the group; a run that failed or is missing is shown as such, neve
 Outputs under ``out``: ``leaderboard.md`` / ``leaderboard.csv`` (one row per method x group),
 ``tables/<group>.{md,tex,csv}``, ``plots/*.{png,pdf}`` and ``report.md`` linking them. The
 output is a pure function of the records (sorted, no timestamps), so it is byte-identical when
-rebuilt from the same records.
+rebuilt from the same records. Every file is written atomically (temporary file + rename) and a
+rebuild holds ``<out>/.report.lock``, so two sweeps sharing an ``--out`` never interleave.
+
+Metrics that depend on the OOD score are shown under one score per report: each record's
+headline score (its protocol's, ``msp_cos`` for ``ueo``) unless ``score`` names another; every
+caption names it.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +32,14 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmark import stats
-from benchmark.metrics import HIGHER_IS_BETTER, METRIC_NAMES
-from benchmark.records import PREDS, load_records
+from benchmark.metrics import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, METRIC_NAMES
+from benchmark.records import PREDS, atomic_write, load_records
 from benchmark.reported import load_reported, match_reported, reported_files
 from benchmark.tables import (MARK_BETTER, MARK_WORSE, Cell, csv_rows, fmt_num, fmt_p, latex_grid,
                               mark_best, markdown_ci_grid, markdown_grid)
 
-DEFAULT_METRICS = ("acc_pc", "auroc", "h_score")
-SUMMARY_METRICS = ("acc", "acc_pc", "auroc", "fpr95", "oscr", "h_score")
+DEFAULT_METRICS = ("acc_pc", "auroc", "hm_accpc_auroc")
+SUMMARY_METRICS = ("acc", "acc_pc", "auroc", "fpr95", "oscr", "hm_accpc_auroc", "hos")
 PARTS = (("test", ""), ("adapt", "adapt_"), ("adapt_online", "online_"))
 ALL_METRICS = tuple(p + m for _, p in PARTS for m in METRIC_NAMES)
 """Every metric a record holds: test-set names, ``adapt_*`` (transductive) and ``online_*``."""
@@ -43,21 +51,40 @@ BOOTSTRAP_SEED = 0
 AVG = "avg"
 
 
-def method_label(method: str, hparams: dict[str, Any]) -> str:
-    """The method name plus every hyper-parameter that departs from its registered defaults.
+def departures(method: str, hparams: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
+    """The hyper-parameters of a run that depart from its method's recipe on ``dataset``.
 
-    Departures from a paper's recipe (a data set's budget, a CLI override) stay visible in every
-    table row, e.g. ``ueo (epochs=10)``.
+    The recipe is the method's registered defaults updated by the data set's ``recipes`` (a
+    paper's own recipe for that data set, e.g. UEO's 5 epochs on DomainNet), so those values are
+    not departures; a data set's ``overrides`` (e.g. the embedded budget) and CLI overrides are.
     """
+    from benchmark.data import get_spec
     from benchmark.registry import METHODS, import_methods
+    from benchmark.sweep import recipe_hparams
 
     import_methods()
-    cls = METHODS.module_dict.get(method)
-    if cls is None or not hparams:
-        return method
-    defaults = cls.hparam_defaults()
-    diffs = [f"{k}={hparams[k]}" for k in sorted(hparams) if k in defaults and hparams[k] != defaults[k]]
-    return f"{method} ({', '.join(diffs)})" if diffs else method
+    if METHODS.module_dict.get(method) is None or not hparams:
+        return {}
+    try:
+        get_spec(dataset)
+        recipe = recipe_hparams(method, dataset)
+    except (KeyError, ValueError, OSError):
+        recipe = METHODS.module_dict[method].hparam_defaults()
+    return {k: hparams[k] for k in sorted(hparams) if k in recipe and hparams[k] != recipe[k]}
+
+
+def method_label(method: str, hparams: dict[str, Any], dataset: str | None = None) -> str:
+    """The method name plus every departure from its recipe, e.g. ``ueo (epochs=10)``."""
+    diffs = departures(method, hparams, dataset)
+    text = ", ".join(f"{k}={_fmt_value(v)}" for k, v in diffs.items())
+    return f"{method} ({text})" if text else method
+
+
+def _fmt_value(value: Any) -> str:
+    """A hyper-parameter value as it is written on the command line (lists without spaces)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_fmt_value(v) for v in value) + "]"
+    return str(value)
 
 
 def split_metric(metric: str) -> tuple[str, str]:
@@ -73,18 +100,39 @@ def higher_is_better(metric: str) -> bool:
     return HIGHER_IS_BETTER[split_metric(metric)[1]]
 
 
-def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per record: the spec axes, method label and name, status, data facts and all metrics."""
+def record_metrics(rec: dict[str, Any], part: str, score: str | None = None) -> dict[str, float]:
+    """The flat metrics of one part of a record under one OOD score (default: the record's headline).
+
+    Classification metrics are the same under every score; score metrics of a score the record
+    lacks (e.g. a method's own score) are absent.
+    """
+    block = (rec.get("metrics") or {}).get(part) or {}
+    out = {m: block.get(m) for m in CLASSIFICATION_METRICS}
+    by_score = block.get("scores")
+    name = score or rec.get("headline_score")
+    if isinstance(by_score, dict):
+        out.update((by_score.get(name) or {}) if name else {})
+    elif name in (None, rec.get("score")):  # records of protocol version 1: one score, flat
+        out.update(block)
+    return out
+
+
+def records_frame(records: list[dict[str, Any]], score: str | None = None) -> pd.DataFrame:
+    """One row per record: the spec axes, method label and name, status, data facts, regime, score and metrics.
+
+    ``score`` None takes each record's headline score (its protocol's).
+    """
     rows = []
     for rec in records:
         spec = rec.get("spec", {})
+        hparams = spec.get("hparams", {}) or {}
         row = {
             "protocol": spec.get("protocol"),
             "dataset": spec.get("dataset"),
             "setting": spec.get("setting"),
             "domain": spec.get("domain"),
             "seed": spec.get("seed"),
-            "method": method_label(spec.get("method", "?"), spec.get("hparams", {})),
+            "method": method_label(spec.get("method", "?"), hparams, spec.get("dataset")),
             "name": spec.get("method", "?"),
             "model": spec.get("model"),
             "pretrained": spec.get("pretrained"),
@@ -93,14 +141,17 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "dir": rec.get("_dir"),
             "num_known": (rec.get("data") or {}).get("num_known"),
             "history": rec.get("history") or [],
+            "regime": rec.get("regime") or hparams.get("regime") or "transductive",
+            "score": score or rec.get("headline_score") or rec.get("score"),
         }
         for part, prefix in PARTS:
+            values = record_metrics(rec, part, score)
             for m in METRIC_NAMES:
-                v = (rec.get("metrics") or {}).get(part, {}).get(m)
+                v = values.get(m)
                 row[prefix + m] = float("nan") if v is None else float(v)
         rows.append(row)
     cols = ["protocol", "dataset", "setting", "domain", "seed", "method", "name", "model", "pretrained", "status",
-            "error", "dir", "num_known", "history"]
+            "error", "dir", "num_known", "history", "regime", "score"]
     return pd.DataFrame(rows, columns=cols + list(ALL_METRICS))
 
 
@@ -194,6 +245,30 @@ class Group:
     def seeds_text(self) -> str:
         return f"n = {len(self.seeds)} seed{'s' if len(self.seeds) != 1 else ''} ({', '.join(map(str, self.seeds))})"
 
+    def score_text(self) -> str:
+        """Which OOD score the score-dependent metrics use, in words."""
+        from benchmark.scores import describe_score
+
+        names = sorted(n for n in self.frame.score.dropna().unique())
+        if not names:
+            return "OOD score: none recorded."
+        return "OOD score: " + "; ".join(f"`{n}` ({describe_score(n)})" for n in names) + "."
+
+    def regime_text(self) -> str:
+        """Each method's regime; says so when the table ranks methods of different regimes."""
+        by_regime: dict[str, list[str]] = {}
+        for method in self.methods:
+            regimes = sorted(self.frame[self.frame.method == method].regime.dropna().unique())
+            for r in regimes or ["?"]:
+                by_regime.setdefault(r, []).append(method)
+        text = "Regimes: " + "; ".join(f"{r}: {', '.join(ms)}" for r, ms in sorted(by_regime.items())) + "."
+        adaptive = {r for r in by_regime if r != "none"}
+        if len(adaptive) > 1:
+            text += (" This table ranks methods of different regimes together (transductive: adapted on the "
+                     "unlabeled adapt set, then tested; online: predictions along one pass over the test stream; "
+                     "episodic: each test image adapted on alone).")
+        return text
+
 
 def _grid(g: Group, metric: str) -> dict[str, dict[str, Cell]]:
     """Methods x (domains, avg) cells of one metric; avg = per-seed mean over domains, then over seeds."""
@@ -282,7 +357,7 @@ def _bootstrap(g: Group, metrics: list[str], n_boot: int) -> None:
             reps: dict[str, dict[str, dict[Any, np.ndarray]]] = {n: {} for n in names}
             for d in g.domains:
                 runs = mg[mg.domain == d].drop_duplicates("seed").sort_values("seed")
-                arrays = [_load_preds(r.dir, part) for r in runs.itertuples()]
+                arrays = [_load_preds(r.dir, part, r.score) for r in runs.itertuples()]
                 pairs = [(s, a, k) for s, a, k in zip(runs.seed, arrays, runs.num_known)
                          if a is not None and pd.notna(k) and k > 0]
                 if not pairs:
@@ -305,14 +380,14 @@ def _bootstrap(g: Group, metrics: list[str], n_boot: int) -> None:
                     row[AVG].ci = stats.percentile_interval(avg)
 
 
-def _load_preds(run_dir: str | None, part: str) -> dict[str, np.ndarray] | None:
-    """``pred``, ``score``, ``label`` of one part (``test``, ``adapt``, ``online``) from ``preds.npz``."""
-    if not run_dir:
+def _load_preds(run_dir: str | None, part: str, score: str | None) -> dict[str, np.ndarray] | None:
+    """``pred``, ``score`` (of OOD score ``score``), ``label`` of one part (``test``, ``adapt``, ``online``)."""
+    if not run_dir or not score:
         return None
     path = Path(run_dir) / PREDS
     try:
         with np.load(path) as z:
-            return {k: z[f"{part}_{k}"] for k in ("pred", "score", "label")}
+            return {"pred": z[f"{part}_pred"], "score": z[f"{part}_score_{score}"], "label": z[f"{part}_label"]}
     except (OSError, KeyError, ValueError):
         return None
 
@@ -346,7 +421,8 @@ def _caption(g: Group, metric: str, baseline: str | None, alpha: float) -> str:
     direction = "higher is better" if higher_is_better(metric) else "lower is better"
     n_dom = f"{len(g.domains)} domain{'s' if len(g.domains) != 1 else ''}"
     text = (f"{g.title}: {metric} (%), mean ± sample std over {g.seeds_text()}; avg: mean over the "
-            f"{n_dom} within each seed, then over seeds. Bold: best per column ({direction}).")
+            f"{n_dom} within each seed, then over seeds. Bold: best per column ({direction}). "
+            f"{g.score_text()} {g.regime_text()}")
     if baseline:
         text += (f" {MARK_BETTER}/{MARK_WORSE} on avg: significantly better/worse than {baseline} (paired Wilcoxon "
                  f"over (domain, seed), Holm across methods, p < {alpha:g}).")
@@ -495,6 +571,22 @@ def leaderboard_markdown(groups: list[Group], df: pd.DataFrame, metrics: tuple[s
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def _csv_text(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False, float_format="%.4f", lineterminator="\n")
+
+
+@contextlib.contextmanager
+def report_lock(out: Path) -> Iterator[None]:
+    """Hold ``<out>/.report.lock`` (``flock``) while a report is rebuilt: rebuilds on one ``--out`` take turns."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".report.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_tables(groups: list[Group], out: Path, metrics: tuple[str, ...], alpha: float) -> dict[str, list[Path]]:
     """``tables/<group>.md``, ``.tex`` and ``.csv`` (long format) per group; returns the paths by group slug.
 
@@ -504,7 +596,7 @@ def write_tables(groups: list[Group], out: Path, metrics: tuple[str, ...], alpha
     tdir.mkdir(parents=True, exist_ok=True)
     for old in sorted(tdir.glob("*")):
         if old.suffix in (".md", ".tex", ".csv"):
-            old.unlink()
+            old.unlink(missing_ok=True)
     paths = {}
     for g in groups:
         md = [f"# {g.title}", ""]
@@ -515,9 +607,9 @@ def write_tables(groups: list[Group], out: Path, metrics: tuple[str, ...], alpha
             tex += [latex_grid(g.grids[m], g.columns, _caption(g, m, g.baseline, alpha), f"tab:{g.slug}-{m}"), ""]
             rows += [dict(zip(TABLE_KEY, g.key), metric=m, **r) for r in csv_rows(g.grids[m], g.columns)]
         files = [tdir / f"{g.slug}.md", tdir / f"{g.slug}.tex", tdir / f"{g.slug}.csv"]
-        files[0].write_text("\n".join(md).rstrip("\n") + "\n")
-        files[1].write_text("\n".join(tex).rstrip("\n") + "\n")
-        pd.DataFrame(rows).to_csv(files[2], index=False, float_format="%.4f", lineterminator="\n")
+        atomic_write(files[0], "\n".join(md).rstrip("\n") + "\n")
+        atomic_write(files[1], "\n".join(tex).rstrip("\n") + "\n")
+        atomic_write(files[2], _csv_text(pd.DataFrame(rows)))
         paths[g.slug] = files
     return paths
 
@@ -533,9 +625,9 @@ def write_plots(groups: list[Group], out: Path, metrics: tuple[str, ...]) -> dic
     pdir.mkdir(parents=True, exist_ok=True)
     for old in sorted(pdir.glob("*")):
         if old.suffix in (".png", ".pdf"):
-            old.unlink()
+            old.unlink(missing_ok=True)
     made: dict[str, list[Path]] = {}
-    primary = "h_score" if "h_score" in metrics else metrics[0]
+    primary = "hm_accpc_auroc" if "hm_accpc_auroc" in metrics else metrics[0]
     for g in groups:
         files = plots.grouped_bars({m: g.grids[m] for m in metrics}, g.columns, g.title, pdir / f"bars_{g.slug}")
         r = g.ranks.get(primary)
@@ -590,30 +682,37 @@ def report_markdown(groups: list[Group], out: Path, tables: dict[str, list[Path]
 
 def write_report(out: Path, metrics: tuple[str, ...] | list[str] = DEFAULT_METRICS,
                  baseline: str = DEFAULT_BASELINE, alpha: float = DEFAULT_ALPHA, bootstrap: int = 0,
-                 plots: bool = True, reported: list[Path] | None = None) -> pd.DataFrame:
+                 plots: bool = True, reported: list[Path] | None = None, score: str | None = None) -> pd.DataFrame:
     """Rebuild the leaderboard, tables, plots and report page under ``out`` from its records.
 
     ``metrics``: per-domain tables, ranks and plots (any of :data:`ALL_METRICS`); ``baseline``: the
     method the paired tests compare against; ``bootstrap``: number of resamples of the test samples
     for 95% intervals (0 = off); ``reported``: published-number files (default: every
-    ``datasets/*/reported.csv``). Returns the leaderboard frame.
+    ``datasets/*/reported.csv``); ``score``: the OOD score of the score-dependent metrics (default:
+    each record's headline score). Returns the leaderboard frame.
     """
     out = Path(out)
     metrics = tuple(metrics)
     unknown = [m for m in metrics if m not in ALL_METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; valid: {', '.join(ALL_METRICS)}")
-    df = records_frame(load_records(out))
-    if df.empty:
+    records = load_records(out)
+    if not records:
         raise FileNotFoundError(f"no run records under {out / 'runs'}; run a sweep first")
+    if score is not None:
+        available = sorted({n for r in records for n in r.get("scores") or []})
+        if score not in available:
+            raise ValueError(f"no record has the OOD score {score!r}; recorded scores: {', '.join(available) or 'none'}")
+    df = records_frame(records, score)
     sources = reported_files() if reported is None else list(reported)
     published = load_reported(sources)
     groups = analyse(df, metrics, baseline, alpha, bootstrap)
     board = leaderboard(df)
-    board.to_csv(out / "leaderboard.csv", index=False, float_format="%.4f", lineterminator="\n")
-    (out / "leaderboard.md").write_text(leaderboard_markdown(groups, df, metrics, baseline, alpha, bootstrap,
-                                                             published))
-    tables = write_tables(groups, out, metrics, alpha)
-    figures = write_plots(groups, out, metrics) if plots else {}
-    (out / "report.md").write_text(report_markdown(groups, out, tables, figures, metrics, baseline))
+    with report_lock(out):
+        atomic_write(out / "leaderboard.csv", _csv_text(board))
+        atomic_write(out / "leaderboard.md", leaderboard_markdown(groups, df, metrics, baseline, alpha, bootstrap,
+                                                                  published))
+        tables = write_tables(groups, out, metrics, alpha)
+        figures = write_plots(groups, out, metrics) if plots else {}
+        atomic_write(out / "report.md", report_markdown(groups, out, tables, figures, metrics, baseline))
     return board

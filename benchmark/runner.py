@@ -29,9 +29,8 @@ import numpy as np
 import torch
 
 from benchmark import PROTOCOL_VERSION
-from benchmark.evaluate import predict_set, score_predictions
 from benchmark.features import FeatureCache, frozen_image_features
-from benchmark.model import DEFAULT_TEMPLATE, ENSEMBLE_TEMPLATES, ClipClassifier, load_clip, resolve_pretrained
+from benchmark.model import TEMPLATE_SETS, ClipClassifier, load_clip, resolve_pretrained
 from benchmark.profiling import Profiler
 from benchmark.records import PREDS, RESULT, is_complete, read_result, spec_hash, write_json, write_npz
 from benchmark.registry import get_method
@@ -73,6 +72,26 @@ class RunSpec:
         key = json.dumps([self.seed, self.method, self.dataset, self.domain, self.setting, self.protocol])
         return int(hashlib.md5(key.encode()).hexdigest(), 16) % (2**31)
 
+    @property
+    def data_seed(self) -> int:
+        """Seed of what every method of a cell must share: generated images, stream and evaluation order.
+
+        A hash of the user seed and the cell without the method, so that paired comparisons
+        between methods see the same images in the same order.
+        """
+        key = json.dumps([self.seed, "data", self.dataset, self.domain, self.setting, self.protocol])
+        return int(hashlib.md5(key.encode()).hexdigest(), 16) % (2**31)
+
+    @property
+    def render_seed(self) -> int:
+        """Seed of a generated data set's images when its spec resamples them per run seed.
+
+        It depends on the user seed and the domain only, so every setting and protocol of a seed
+        draws from the same images, as they do for a data set on disk.
+        """
+        key = json.dumps([self.seed, "render", self.dataset, self.domain])
+        return int(hashlib.md5(key.encode()).hexdigest(), 16) % (2**31)
+
     def label(self) -> str:
         return f"{self.method} {self.dataset}/{self.domain}/{self.setting} seed={self.seed}"
 
@@ -84,14 +103,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_split(dataset: str, domain: str, setting: str, protocol: str, data_root: str | None, resolution: int):
+@functools.lru_cache(maxsize=8)
+def _load_split(dataset: str, domain: str, setting: str, protocol: str, data_root: str | None, resolution: int,
+                full: bool = False, render_seed: int | None = None):
     from benchmark.data import load_split
 
     return load_split(
         dataset, domain=domain, setting=setting, protocol=protocol,
-        data_root=Path(data_root) if data_root else None, resolution=resolution,
+        data_root=Path(data_root) if data_root else None, resolution=resolution, full=full, render_seed=render_seed,
     )
+
+
+def load_run_split(spec: RunSpec, data_root: str | None, resolution: int, full: bool = False):
+    """The split a run uses (cached per process): a generated data set that resamples draws its
+    images from the spec's ``render_seed``."""
+    from benchmark.data import get_spec
+
+    resample = get_spec(spec.dataset).layout.resample
+    return _load_split(spec.dataset, spec.domain, spec.setting, spec.protocol, data_root, resolution, full,
+                       spec.render_seed if resample else None)
 
 
 @functools.lru_cache(maxsize=1)
@@ -188,8 +218,56 @@ def execute(
         return rec if rec is not None else _compute(spec, run_dir, out, data_root, device, profile, feature_cache)
 
 
+def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tuple[dict, dict, dict]:
+    """Predictions, metrics (under every score) and the rejection thresholds of one adapted method.
+
+    Transductive (and zero-shot) runs predict the test set after ``adapt`` and fit each score's
+    label-free rejection threshold on the adapt set's scores; online and episodic runs take the
+    predictions made along the test stream (in the cell's seeded order) and fit it on them.
+    """
+    from benchmark.evaluate import PredictionSink, as_prediction, fit_thresholds, predict_set, score_predictions
+
+    num_known = split.num_known
+    arrays: dict[str, np.ndarray] = {}
+    metrics: dict[str, dict] = {}
+    parts: list[tuple[str, dict, np.ndarray]] = []
+    if adapter.regime in ("online", "episodic"):
+        data = UnlabeledData(split.test.images, device=model.device, seed=spec.derived_seed,
+                             full=split.test.full, sizes=split.test.sizes)
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(spec.data_seed))
+        sink = PredictionSink(len(data), model.num_classes)
+        for index, out in adapter.stream(data, order):
+            sink.add(index, *as_prediction(out))
+        test = sink.result()
+        thresholds = fit_thresholds(test)
+        parts.append(("test", test, split.test.labels))
+        arrays["test_order"] = order.numpy()
+    else:
+        frozen = (frozen_image_features(model, split.test.images)
+                  if feature_cache and not adapter.adapts and hasattr(adapter, "predict_features") else None)
+        test = predict_set(adapter, split.test.images, seed=spec.data_seed, features=frozen)
+        rows = adapt_rows_in_test(split)
+        adapt = (predict_set(adapter, split.adapt.images, seed=spec.data_seed) if rows is None
+                 else {k: v[rows] for k, v in test.items()})
+        thresholds = fit_thresholds(adapt)
+        parts += [("test", test, split.test.labels), ("adapt", adapt, split.adapt.labels)]
+        if adapter.online_predictions:
+            sink = PredictionSink(len(split.adapt.labels), model.num_classes)
+            for index, out in adapter.online_predictions:
+                sink.add(index, *as_prediction(out))
+            parts.append(("online", sink.result(), split.adapt.labels))
+    for part, p, labels in parts:
+        metrics["adapt_online" if part == "online" else part] = score_predictions(p, labels, num_known, thresholds)
+        arrays.update({f"{part}_{k}": v for k, v in p.items()})
+        arrays[f"{part}_label"] = labels
+    return arrays, metrics, thresholds
+
+
 def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, device: str,
              profile: bool, feature_cache: bool) -> dict[str, Any]:
+    from benchmark.data import get_spec
+    from benchmark.evaluate import REJECTION_RULE
+
     record: dict[str, Any] = {"spec": spec.as_dict(), "hash": spec.hash, "started": _now(), "device": device}
     record.update(environment())
     timings: dict[str, float] = {}
@@ -200,52 +278,39 @@ def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, dev
         seed_everything(seed)
         cls = get_method(spec.method)
         hparams = cls.resolve_hparams(spec.hparams)
+        record.update(regime=hparams["regime"], headline_score=get_spec(spec.dataset).protocol(spec.protocol).score)
 
         t = time.perf_counter()
         loaded = load_clip(spec.model, spec.pretrained, device)
         timings["load_model"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        split = _load_split(spec.dataset, spec.domain, spec.setting, spec.protocol, data_root, loaded.image_size)
-        timings["load_data"] = time.perf_counter() - t
-        record["data"] = split.info
-
-        templates = ENSEMBLE_TEMPLATES if hparams.get("prompts") == "ensemble" else (DEFAULT_TEMPLATE,)
-        model = ClipClassifier(loaded, split.classnames, templates).to(device)
+        split = load_run_split(spec, data_root, loaded.image_size)
+        model = ClipClassifier(loaded, split.classnames, TEMPLATE_SETS[hparams["prompts"]]).to(device)
         if feature_cache:
             model.feature_cache = FeatureCache.for_run(out, spec.model, resolve_pretrained(spec.model, spec.pretrained))
         adapter = cls(model, hparams, seed=seed)
+        if adapter.needs_full:
+            split = load_run_split(spec, data_root, loaded.image_size, full=True)
+        timings["load_data"] = time.perf_counter() - t
+        record["data"] = split.info
         if profiler is not None:
             adapter.profiler = profiler
-        data = UnlabeledData(split.adapt.images, device=device, seed=seed)
 
         t = time.perf_counter()
-        adapter.adapt(data)
+        if adapter.regime == "transductive":
+            adapter.adapt(UnlabeledData(split.adapt.images, device=device, seed=seed,
+                                        full=split.adapt.full, sizes=split.adapt.sizes))
         timings["adapt"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        arrays: dict[str, np.ndarray] = {}
-        metrics: dict[str, dict[str, float]] = {}
-        frozen = (frozen_image_features(model, split.test.images)
-                  if feature_cache and not cls.adapts and hasattr(adapter, "predict_features") else None)
-        test_preds = predict_set(adapter, split.test.images, seed=seed, features=frozen)
-        rows = adapt_rows_in_test(split)
-        adapt_preds = (predict_set(adapter, split.adapt.images, seed=seed) if rows is None
-                       else {k: v[rows] for k, v in test_preds.items()})
-        for part, p, labels in (("test", test_preds, split.test.labels), ("adapt", adapt_preds, split.adapt.labels)):
-            metrics[part] = score_predictions(p["pred"], p["score"], labels, split.num_known)
-            arrays.update({f"{part}_{k}": v for k, v in p.items()})
-            arrays[f"{part}_label"] = labels
-        if adapter.online_predictions is not None:
-            online = {k: v.cpu().numpy() for k, v in adapter.online_predictions.items()}
-            labels = split.adapt.labels[online["index"]]
-            metrics["adapt_online"] = score_predictions(online["pred"], online["score"], labels, split.num_known)
-            arrays.update({f"online_{k}": v for k, v in online.items()})
-            arrays["online_label"] = labels
+        arrays, metrics, thresholds = _evaluate(spec, adapter, split, model, feature_cache)
         timings["evaluate"] = time.perf_counter() - t
+        if adapter.regime in ("online", "episodic"):
+            timings["adapt"] = timings.pop("evaluate")
         if profiler is not None:
-            profiler.seconds["evaluate"] += timings["evaluate"]
-            profiler.count("evaluate", len(split.test.labels) + (len(split.adapt.labels) if rows is None else 0))
+            profiler.seconds["evaluate"] += timings.get("evaluate", 0.0)
+            profiler.count("evaluate", len(split.test.labels))
             profiler.seconds["adapt_total"] += timings["adapt"]
             record["profile"] = profiler.summary()
         cache = getattr(model, "feature_cache", None)
@@ -254,7 +319,8 @@ def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, dev
 
         run_dir.mkdir(parents=True, exist_ok=True)
         write_npz(run_dir / PREDS, arrays)
-        record.update(status="done", hparams=hparams, metrics=metrics, score=adapter.score_name,
+        record.update(status="done", hparams=hparams, metrics=metrics, execution=adapter.describe(),
+                      scores=sorted(thresholds), rejection={"rule": REJECTION_RULE, "thresholds": thresholds},
                       history=adapter.history, num_trainable=sum(p.numel() for p in adapter.trainable_parameters()))
     except Exception as err:  # a failed run is recorded, never lost; the sweep goes on
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())

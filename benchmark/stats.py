@@ -23,7 +23,7 @@ _NAN = float("nan")
 EXACT_MAX_N = 200
 """Up to this many nonzero differences the Wilcoxon null distribution is computed exactly."""
 
-BOOTSTRAP_METRICS = ("acc", "acc_pc", "auroc", "h_score")
+BOOTSTRAP_METRICS = ("acc", "acc_pc", "auroc", "hm_accpc_auroc")
 """Metrics :func:`bootstrap_metrics` resamples (vectorised over resamples)."""
 
 
@@ -212,7 +212,7 @@ def bootstrap_metrics(metrics: Sequence[str], pred: np.ndarray, score: np.ndarra
     Same definitions as :mod:`benchmark.metrics`: ``acc`` and ``acc_pc`` on known samples
     (``label < K``; per-class mean over the classes present in the resample), ``auroc`` as the
     Mann-Whitney statistic ``(sum of ranks of knowns - n_k (n_k + 1) / 2) / (n_k n_u)`` with average
-    ranks for ties (a tie counts one half), ``h_score = 2 a b / (a + b)`` of ``acc_pc`` and ``auroc``.
+    ranks for ties (a tie counts one half), ``hm_accpc_auroc = 2 a b / (a + b)`` of ``acc_pc`` and ``auroc``.
     """
     unknown = sorted(set(metrics) - set(BOOTSTRAP_METRICS))
     if unknown:
@@ -225,7 +225,7 @@ def bootstrap_metrics(metrics: Sequence[str], pred: np.ndarray, score: np.ndarra
         correct = known & (np.asarray(pred)[idx] == lab)
         if "acc" in metrics:
             out["acc"] = np.where(n_known > 0, 100.0 * correct.sum(axis=1) / n_known, np.nan)
-        if "acc_pc" in metrics or "h_score" in metrics:
+        if "acc_pc" in metrics or "hm_accpc_auroc" in metrics:
             b = lab.shape[0]
             width = num_known + 1
             cls = (np.where(known, lab, num_known) + width * np.arange(b)[:, None]).ravel()
@@ -235,15 +235,15 @@ def bootstrap_metrics(metrics: Sequence[str], pred: np.ndarray, score: np.ndarra
             present = total > 0
             per_class = np.where(present, hits / np.where(present, total, 1), 0.0)
             out["acc_pc"] = np.where(n_known > 0, 100.0 * per_class.sum(axis=1) / present.sum(axis=1), np.nan)
-        if "auroc" in metrics or "h_score" in metrics:
+        if "auroc" in metrics or "hm_accpc_auroc" in metrics:
             n_unknown = known.shape[1] - n_known
             ranks = stats.rankdata(np.asarray(score, dtype=np.float64)[idx], axis=1, method="average")
             u = (ranks * known).sum(axis=1) - n_known * (n_known + 1) / 2.0
             out["auroc"] = np.where((n_known > 0) & (n_unknown > 0), 100.0 * u / (n_known * n_unknown), np.nan)
-        if "h_score" in metrics:
+        if "hm_accpc_auroc" in metrics:
             a, c = out["acc_pc"], out["auroc"]
             h = np.where(a + c > 0, 2.0 * a * c / (a + c), 0.0)
-            out["h_score"] = np.where(np.isnan(a) | np.isnan(c), np.nan, h)
+            out["hm_accpc_auroc"] = np.where(np.isnan(a) | np.isnan(c), np.nan, h)
     return {m: out[m] for m in metrics}
 
 

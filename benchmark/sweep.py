@@ -1,12 +1,16 @@
 """The sweep: the grid of run specs a command line (or a config file) asks for.
 
-Hyper-parameters resolve in three layers: the method's defaults (the paper's recipe), then the
-data set's ``overrides`` from its spec folder (e.g. the paper's 5 epochs on DomainNet, or the
-embedded benchmark's budget), then the user's ``--cfg-options``. The resolved values are part of
-each spec, so they are in its hash and its record.
+Hyper-parameters resolve in four layers: the method's defaults (its paper's recipe), the data
+set's ``recipes`` (a paper's own recipe for that data set, e.g. UEO's 5 epochs on DomainNet: not a
+departure), the data set's ``overrides`` (e.g. the embedded benchmark's budget: departures), then
+the user's ``--cfg-options``. Tables name every value that departs from the first two layers.
+A list given for a hyper-parameter (``ueo.lr=[1e-4,1e-3]``; for a list-valued one, a list of
+lists) is a grid: every point is an ordinary run. The resolved values are part of each spec, so
+they are in its hash and its record.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +34,47 @@ class SweepRequest:
     domains: list[str] | None = None
     settings: list[str] | None = None
     overrides: dict[str, dict[str, Any]] | None = None
+    with_validation: bool = False
 
 
 DEFAULT_SETTINGS = ["oda"]
+
+
+def recipe_hparams(method: str, dataset: str) -> dict[str, Any]:
+    """A method's recipe on a data set: its defaults updated by the data set's ``recipes`` entry.
+
+    Tables show a run's hyper-parameters that differ from this as departures.
+    """
+    from benchmark.data import get_spec
+    from benchmark.registry import get_method
+
+    cls = get_method(method)
+    known = cls.hparam_defaults()
+    recipe = {k: v for k, v in get_spec(dataset).recipes.get(method, {}).items() if k in known}
+    return cls.resolve_hparams(recipe)
+
+
+def is_grid(default: Any, value: Any) -> bool:
+    """Whether ``value`` lists several values of a hyper-parameter whose default is ``default``.
+
+    A list is a grid for a scalar hyper-parameter; for a list-valued one (e.g. ``crop_scale``) a
+    list of lists is.
+    """
+    if not isinstance(value, (list, tuple)):
+        return False
+    if isinstance(default, (list, tuple)):
+        return bool(value) and all(isinstance(v, (list, tuple)) for v in value)
+    return True
+
+
+def expand_grid(method: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every point of the grid ``params`` spans (one point when no value is a grid), in a stable order."""
+    from benchmark.registry import get_method
+
+    defaults = get_method(method).hparam_defaults()
+    keys = sorted(params)
+    axes = [list(params[k]) if is_grid(defaults.get(k), params[k]) else [params[k]] for k in keys]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
 
 
 def parse_cfg_options(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -52,7 +94,8 @@ def parse_cfg_options(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     from benchmark.registry import get_method
 
     for method, params in out.items():
-        get_method(method).resolve_hparams(params)
+        for point in expand_grid(method, params):
+            get_method(method).resolve_hparams(point)
     return out
 
 
@@ -98,7 +141,9 @@ def build_sweep(req: SweepRequest, not_applicable: list[str] | None = None) -> l
         ds = get_spec(ds_name)
         if req.protocol not in ds.protocols:
             raise SweepError(f"data set {ds_name} has no protocol {req.protocol!r}; it has {', '.join(ds.protocols)}")
-        domains = ds.domains if req.domains is None else [d for d in req.domains if d in ds.domains]
+        domains = ds.target_domains if req.domains is None else [d for d in req.domains if d in ds.domains]
+        if req.with_validation:
+            domains += [d for d in ds.validation_domains if d not in domains]
         used_domains.update(domains)
         if not domains:
             raise SweepError(f"none of the domains {req.domains} belong to {ds_name}; its domains: {', '.join(ds.domains)}")
@@ -107,16 +152,26 @@ def build_sweep(req: SweepRequest, not_applicable: list[str] | None = None) -> l
         bad = [s for s in settings if s not in valid_settings]
         if bad:
             raise SweepError(f"setting(s) {bad} not in protocol {req.protocol!r} of {ds_name}; valid: {', '.join(valid_settings)}")
+        from benchmark.scores import score_names
+
+        headline = ds.protocol(req.protocol).score
+        if headline not in score_names():
+            raise SweepError(f"protocol {req.protocol!r} of {ds_name} names the OOD score {headline!r}; "
+                             f"registered scores: {', '.join(score_names())}")
         for method in methods:
             cls = get_method(method)
-            ds_over = {k: v for k, v in ds.overrides.get(method, {}).items() if k in cls.hparam_defaults()}
-            hparams = cls.resolve_hparams({**ds_over, **(req.overrides or {}).get(method, {})})
-            for domain in domains:
-                for setting in settings:
-                    for seed in req.seeds:
-                        specs.append(RunSpec(method=method, dataset=ds_name, domain=domain, setting=setting,
-                                             protocol=req.protocol, seed=seed, model=req.model,
-                                             pretrained=req.pretrained, hparams=hparams))
+            known = cls.hparam_defaults()
+            layers = {}
+            for layer in (ds.recipes.get(method, {}), ds.overrides.get(method, {})):
+                layers.update({k: v for k, v in layer.items() if k in known})
+            for point in expand_grid(method, (req.overrides or {}).get(method, {})):
+                hparams = cls.resolve_hparams({**layers, **point})
+                for domain in domains:
+                    for setting in settings:
+                        for seed in req.seeds:
+                            specs.append(RunSpec(method=method, dataset=ds_name, domain=domain, setting=setting,
+                                                 protocol=req.protocol, seed=seed, model=req.model,
+                                                 pretrained=req.pretrained, hparams=hparams))
     if req.domains is not None:
         unused = [d for d in req.domains if d not in used_domains]
         if unused:

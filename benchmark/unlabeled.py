@@ -3,59 +3,74 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
-from benchmark.augment import AUGMENTATIONS
+from benchmark.augment import Augment, ImageBatch
+
+NO_AUGMENT = Augment("none")
 
 
 class UnlabeledData:
-    """The unlabeled adapt set: uint8 images at the model resolution and their positions.
+    """The unlabeled images a method adapts on (the adapt set, or the test stream), and their positions.
 
     It holds no labels by construction: methods receive this object, the evaluator keeps the
-    labels. Batches are dicts ``{"index": LongTensor, "images": float [0,1] tensor}`` plus one
-    entry per extra requested view (``"images_strong"``...), all on ``device``.
+    labels. ``images`` is the test view (uint8, model resolution); ``full`` and ``sizes`` (when
+    given) the whole-image view that augmentations crop from. Batches are dicts
+    ``{"index": LongTensor, <view>: float [0,1] tensor, ...}`` on ``device``, one entry per
+    requested view (``images`` first; e.g. MUST adds ``images_strong``).
     """
 
-    def __init__(self, images: torch.Tensor, device: torch.device | str = "cpu", seed: int = 0):
+    def __init__(self, images: torch.Tensor, device: torch.device | str = "cpu", seed: int = 0,
+                 full: torch.Tensor | None = None, sizes: np.ndarray | torch.Tensor | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError("UnlabeledData expects uint8 images of shape (N, 3, H, W)")
+        if (full is None) != (sizes is None) or (full is not None and full.shape != images.shape):
+            raise ValueError("the full view needs sizes and the images' shape")
         self.images = images
+        self.full = full
+        self.sizes = None if sizes is None else torch.as_tensor(np.asarray(sizes), dtype=torch.int64)
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def image_batch(self, rows: torch.Tensor) -> ImageBatch:
+        """The raw (uint8) views of ``rows`` on the device."""
+        full = self.full[rows].to(self.device, non_blocking=True) if self.full is not None else None
+        sizes = self.sizes[rows] if self.sizes is not None else None
+        return ImageBatch(self.images[rows].to(self.device, non_blocking=True), full, sizes)
+
     def batches(
         self,
         batch_size: int,
         *,
         shuffle: bool = False,
-        augment: str = "none",
-        views: tuple[str, ...] = (),
+        views: dict[str, Augment] | None = None,
         drop_last: bool = False,
         indices: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield batches over all images (or ``indices``), optionally shuffled and augmented.
+        """Yield batches over all images (or ``indices``), optionally shuffled, one entry per view.
 
-        ``augment`` names the transform of ``images``; each name in ``views`` adds another
-        independently augmented view under ``images_<name>`` (e.g. MUST's strong view).
+        ``views`` maps batch keys to augmentations (default: ``{"images": none}``); all draw from
+        ``generator`` (default: this data's own seeded generator).
         """
-        for name in (augment, *views):
-            if name not in AUGMENTATIONS:
-                raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")
+        views = views or {"images": NO_AUGMENT}
+        g = generator or self.generator
         idx = torch.arange(len(self)) if indices is None else indices.cpu()
         if shuffle:
-            idx = idx[torch.randperm(len(idx), generator=self.generator)]
+            idx = idx[torch.randperm(len(idx), generator=g)]
         stop = len(idx) - (len(idx) % batch_size if drop_last else 0)
         for start in range(0, stop, batch_size):
             b = idx[start : start + batch_size]
             if len(b) == 0:
                 break
-            base = self.images[b].to(self.device, non_blocking=True).float().div_(255.0)
-            batch = {"index": b.to(self.device), "images": AUGMENTATIONS[augment](base, self.generator)}
-            for name in views:
-                batch[f"images_{name}"] = AUGMENTATIONS[name](base, self.generator)
+            raw = self.image_batch(b)
+            batch = {"index": b.to(self.device)}
+            for key, augment in views.items():
+                batch[key] = augment(raw, g)
             yield batch
 
     def num_batches(self, batch_size: int, drop_last: bool = False, n: int | None = None) -> int:

@@ -13,7 +13,8 @@ from methods.ueo import UEO
 class InfoMax(UEO):
     """``mean_i H(p_i) - lam * H(mean_i p_i)`` on the same prompt context and norm affines as UEO.
 
-    The ablation of UEO without confidence weights: only the loss and the (absent) weights differ.
+    The ablation of UEO without confidence weights (tim-learn/UEO ``--noweight``, demo.py:473-475):
+    only the loss and the (absent) weights differ.
     """
 
     name = "infomax"

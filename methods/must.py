@@ -1,13 +1,16 @@
 """MUST: Masked Unsupervised Self-Training (Li, Savarese, Hoi, ICLR 2023), ViT backbones only.
 
 Recipe (salesforce/MUST: ``train.py``, ``engine_self_training.py``, ``clip/model.py``,
-``train_configs.json`` entry ``imagenet_ViT-B/16``):
+``build_dataset.py``, ``train_configs.json`` entry ``imagenet_ViT-B/16``; file and line of every
+value in ``docs/recipes.md``):
 - student = CLIP's image encoder + a linear classifier ``W`` (K x D) initialised from the
   normalised, template-averaged text embeddings of the class names and then trained freely
   (never re-normalised): ``logits = 100 * normalize(f(x)) @ W^T``; the text encoder is dropped;
 - teacher = EMA of the student, decay ramped linearly from 0.999 to 0.9998 over 2000 iterations;
-  it pseudo-labels the weak view; MUST reports the student (``acc1``; the EMA as ``ema_acc1``);
-- the student sees a strongly augmented view whose patches are masked (ratio 0.3, random
+  it pseudo-labels the weak view (resize the short side, random crop, no flip); MUST reports the
+  student (``acc1``; the EMA as ``ema_acc1``);
+- the student sees a strong view (random resized crop of scale 0.3-1, bicubic, flip, timm's
+  RandAugment ``rand-m9-mstd0.5-inc1``) whose patches are masked (ratio 0.3, random
   32-pixel blocks = 2 x 2 ViT-B/16 patches, replaced by a learnable mask token) and minimises
   ``L = CE(confident) + L_fair + L_mim + 0.2 * L_align``:
   CE against the teacher's argmax where its MSP > 0.7 (mean over those samples),
@@ -18,7 +21,9 @@ Recipe (salesforce/MUST: ``train.py``, ``engine_self_training.py``, ``clip/model
   normalised image embedding;
 - everything of the image encoder trains, plus classifier, mask token, patch LayerNorm and
   decoder; AdamW, weight decay 0.05 on tensors with more than one dimension, layer-wise lr decay
-  0.65, lr 2e-5 per 256 images (``lr * batch / 256``), cosine to 1e-6 per 256 images, no warm-up.
+  0.65, lr 2e-5 per 256 images (``lr * batch / 256``), cosine to 1e-6 per 256 images, no warm-up;
+  batch 1024 (64 on each of 16 GPUs; the fairness term is a mean over the whole batch), 30 epochs;
+  fp32.
 """
 from __future__ import annotations
 
@@ -29,7 +34,8 @@ import torch.nn.functional as F
 from benchmark.adapter import Adapter
 from benchmark.ema import EmaTeacher, ramped_decay
 from benchmark.masking import masked_alignment, masked_l1, normalize_patches, patchify, random_block_mask
-from benchmark.model import DEFAULT_TEMPLATE, ENSEMBLE_TEMPLATES, LOGIT_SCALE
+from benchmark.augment import Augment
+from benchmark.model import LOGIT_SCALE, TEMPLATE_SETS
 from benchmark.registry import register_method
 from benchmark.selftrain import fairness_loss
 from benchmark.unlabeled import UnlabeledData
@@ -116,28 +122,31 @@ class Must(Adapter):
         ema_decay / ema_decay_init / ema_warmup_iters: the teacher's decay ramp
             (0.999 -> 0.9998 over 2000 iterations).
         predict_with: ``student`` (MUST's reported accuracy) or ``teacher`` (its EMA accuracy).
-    Budget: the paper trains with 16 GPUs x 64 = 1024 images per step for 30 epochs; here one
-    device takes ``batch_size`` 64 per step (lr scaled down linearly, as MUST's own rule does),
-    ``epochs`` 30. Both are recorded hyper-parameters; data-set specs may override them.
-    OOD score: MSP of the predicting network.
+        strong_scale / randaugment: the strong view's crop scale and timm RandAugment string.
+    Budget: MUST trains with 16 GPUs x 64 = 1024 images per step for 30 epochs on ImageNet; one
+    device takes the whole batch of ``batch_size`` (the fairness term needs the whole batch's
+    mean), so a smaller ``batch_size`` is a recorded departure.
     """
 
     name = "must"
     requires_vit = True
-    views = ("strong",)
+    official_precision = "fp32"
     defaults = {
-        "prompts": "ensemble",
+        "prompts": "imagenet80",
         "epochs": 30,
-        "batch_size": 64,
+        "batch_size": 1024,
         "optimizer": "adamw",
-        "lr": 2e-5 * 64 / 256,
+        "lr": 2e-5 * 1024 / 256,
         "lr_per_256": 2e-5,
         "min_lr_per_256": 1e-6,
         "weight_decay": 0.05,
         "layer_decay": 0.65,
         "schedule": "cosine",
         "warmup_epochs": 0,
-        "augment": "none",
+        "augment": "crop",
+        "interpolation": "bicubic",
+        "strong_scale": [0.3, 1.0],
+        "randaugment": "rand-m9-mstd0.5-inc1",
         "drop_last": True,
         "tau": 0.7,
         "w_align": 0.2,
@@ -167,9 +176,9 @@ class Must(Adapter):
         """
         self.model.eval()
         visual = self.model.visual
-        templates = ENSEMBLE_TEMPLATES if self.hp["prompts"] == "ensemble" else (DEFAULT_TEMPLATE,)
         extras = MustModules(
-            self.model.class_embeddings(templates), visual.conv1.out_channels, self.model.patch_size
+            self.model.class_embeddings(TEMPLATE_SETS[self.hp["prompts"]]), visual.conv1.out_channels,
+            self.model.patch_size
         ).to(self.model.device)
         self.model.add_module("must", extras)
         self.extras = extras
@@ -188,6 +197,17 @@ class Must(Adapter):
             return factor
         floor = self.hp["min_lr_per_256"] * self.hp["batch_size"] / 256 / self.hp["lr"]
         return floor + (1.0 - floor) * factor
+
+    def views(self) -> dict[str, Augment]:
+        """The teacher's weak view (``images``: resize + random crop, no flip; build_dataset.py:153-160)
+        and the student's strong view (``images_strong``: timm's ``create_transform`` with RandomResizedCrop
+        of scale 0.3-1, bicubic, flip and RandAugment; build_dataset.py:162-171, train.py:83-88)."""
+        hp = self.hp
+        mean = self.model.mean.flatten().tolist()
+        return {"images": Augment(hp["augment"], interpolation=hp["interpolation"], mean=mean),
+                "images_strong": Augment("randaugment", scale=tuple(hp["strong_scale"]),
+                                         interpolation=hp["interpolation"], randaugment=hp["randaugment"],
+                                         mean=mean)}
 
     def before_adapt(self, data: UnlabeledData) -> None:
         """Seed the mask generator; refuse an adapt set that yields no full batch."""
@@ -261,11 +281,10 @@ class Must(Adapter):
             entry["confident"] = kept / max(seen, 1)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of the student (default) or the EMA teacher on un-masked images, and their MSP."""
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of the student (default) or the EMA teacher on un-masked images."""
         net = self.student if self.hp["predict_with"] == "student" else self.teacher.module
-        logits = net(self.model.normalize(images)).float()
-        return logits, logits.softmax(dim=-1).max(dim=-1).values
+        return net(self.model.normalize(images)).float()
 
     def reset(self) -> None:
         """Restore student, MUST modules and optimiser (base), then re-copy the teacher from them."""

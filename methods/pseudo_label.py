@@ -1,14 +1,20 @@
 """UPL-style pseudo-labelling (Huang, Chu, Wei 2022: "Unsupervised Prompt Learning for
 Vision-Language Models"): learn a CoOp prompt on zero-shot CLIP's most confident images.
 
-Recipe (UPL's ``rn50_ep50.yaml`` on Dassl's defaults, and ``trainers/upltrainer.py``):
-- zero-shot CLIP with the fixed prompt labels the un-augmented adapt set once; for every class
-  its 16 most confident images (by MSP of ``softmax(100 cos)``) are kept, class-balanced;
+Recipe (tonyhuang2022/UPL ``configs/trainers/UPLTrainer/rn50_ep50.yaml``, ``trainers/upltrainer.py``
+and ``configs/upl_default_config/upl_default.py``, on the pinned Dassl; file and line of every
+value in ``docs/recipes.md``):
+- zero-shot CLIP with the fixed prompt labels the un-augmented adapt set once; for every
+  predicted class its 16 most confident images (by MSP of ``softmax(100 cos)``) are kept;
 - a 16-token context shared by all classes, initialised N(0, 0.02), class token at the end,
   is the only trainable tensor; loss = cross-entropy of ``100 cos`` logits on the pseudo-labels;
-- SGD lr 0.002, momentum 0.9, weight decay 5e-4 (Dassl's ``OPTIM`` defaults, which UPL's config
-  does not override), batch 32, 50 epochs, cosine schedule after 1 warm-up epoch at constant
-  lr 1e-5, train augmentation random-resized-crop + flip.
+- SGD lr 0.002, momentum 0.9, weight decay 5e-4, batch 32 with the last incomplete batch
+  dropped, 50 epochs; the rate is stepped once per epoch: 1e-5 for the warm-up epoch, then
+  cosine annealing over 50 epochs; train views: a random resized crop of the whole image
+  (scale 0.08-1, bicubic) + flip;
+- the released UPL tests an ensemble of 16 prompts trained with seeds 1-16, averaging their
+  raw logits (``upl_test.py:148-161``): ``pseudo_label_ensemble``; ``pseudo_label`` is the single
+  prompt.
 """
 from __future__ import annotations
 
@@ -47,23 +53,29 @@ class PseudoLabel(Adapter):
         threshold: MSP threshold of the ``threshold`` selection; 0.9 is UPL's
             ``DATASET.CONF_THRESHOLD`` default for its confidence-based selection.
         ensemble: number of prompt contexts trained one after the other from seeds derived from
-            the run seed; prediction averages their logits (UPL's 16-prompt ensemble, "UPL*",
-            averages the logits of 16 seeds). 1 = no ensemble.
-    OOD score: MSP of the (averaged) logits.
+            the run seed; prediction averages their logits (the released UPL averages the raw
+            logits of 16 seeds, ``pseudo_label_ensemble``). 1 = no ensemble.
     """
 
     name = "pseudo_label"
+    official_precision = "fp16_weights"
+    """UPL's default ``PREC: fp16``: fp16 CLIP and an fp16 context (upl_train.py:90, upltrainer.py:118)."""
     defaults = {
         "epochs": 50,
         "batch_size": 32,
         "optimizer": "sgd",
         "lr": 0.002,
         "momentum": 0.9,
+        "nesterov": False,
         "weight_decay": 5e-4,
         "schedule": "cosine",
+        "schedule_step": "epoch",
         "warmup_epochs": 1,
         "warmup_lr": 1e-5,
-        "augment": "weak",
+        "augment": "rrc",
+        "crop_scale": [0.08, 1.0],
+        "interpolation": "bicubic",
+        "drop_last": True,
         "n_ctx": 16,
         "num_per_class": 16,
         "selection": "topk",
@@ -191,15 +203,21 @@ class PseudoLabel(Adapter):
         self.member_text = torch.stack(members)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits averaged over the ensemble's contexts, ``mean_m 100 cos(f, t_m)``, and their MSP."""
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits averaged over the ensemble's contexts: ``mean_m 100 cos(f, t_m) = 100 f . mean_m t_m``."""
         if self.member_text is None:
             return super().predict(images)
-        logits = LOGIT_SCALE * self.model.image_features(images) @ self.member_text.mean(dim=0).t()
-        logits = logits.float()
-        return logits, logits.softmax(dim=-1).max(dim=-1).values
+        return (LOGIT_SCALE * self.model.image_features(images) @ self.member_text.mean(dim=0).t()).float()
 
     def reset(self) -> None:
         """Restore the context and optimiser and forget the selection and the trained members."""
         super().reset()
         self.zero_shot_probs = self.selected = self.labels = self.member_text = None
+
+
+@register_method
+class PseudoLabelEnsemble(PseudoLabel):
+    """UPL as released: 16 prompts trained from seeds 1-16, their raw logits averaged at test time."""
+
+    name = "pseudo_label_ensemble"
+    defaults = {**PseudoLabel.defaults, "ensemble": 16}

@@ -1,11 +1,10 @@
-"""TENT (Wang et al., ICLR 2021): online entropy minimisation of the image encoder's norm affines."""
+"""TENT (Wang et al., ICLR 2021): entropy minimisation of the image encoder's norm affines, one step per batch."""
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from benchmark.adapter import Adapter
 from benchmark.losses import softmax_entropy
@@ -13,12 +12,16 @@ from benchmark.registry import register_method
 from benchmark.unlabeled import UnlabeledData
 
 RECIPES: dict[str, dict[str, Any]] = {
-    "imagenet": {"optimizer": "sgd", "lr": 2.5e-4, "momentum": 0.9, "batch_size": 64},
+    "imagenet": {"optimizer": "sgd", "lr": 2.5e-4, "momentum": 0.9, "nesterov": True, "batch_size": 64},
     "cifar": {"optimizer": "adam", "lr": 1e-3, "batch_size": 200},
 }
-"""TENT's official optimiser settings per benchmark (ImageNet-C, CIFAR-C); ``recipe`` picks one.
+"""TENT's optimiser settings per benchmark; ``recipe`` picks one.
 
-Adam (betas 0.9, 0.999) does not read ``momentum``; the cifar preset leaves that key alone.
+``cifar``: the released ``cfgs/tent.yaml`` (Adam, lr 1e-3, betas (0.9, 0.999), batch 200;
+DequanWang/tent cfgs/tent.yaml:2-5, 30-35). ``imagenet``: SGD lr 2.5e-4, momentum 0.9, batch 64
+are the paper's (no ImageNet script was released, README.md:12); Nesterov follows the released
+SGD branch's defaults (conf.py:82-91: momentum 0.9, dampening 0, ``NESTEROV = True``, wd 0), an
+inference from code rather than a released configuration. Adam does not read ``momentum``.
 """
 
 
@@ -26,22 +29,26 @@ Adam (betas 0.9, 0.999) does not read ``momentum``; the cifar preset leaves that
 class Tent(Adapter):
     """Minimise the mean softmax entropy of ``100 * cos`` logits, one step per incoming batch.
 
-    Trainable: weight and bias of every image-encoder normalisation layer, ResNet ``downsample``
-    BatchNorms included. BatchNorm layers normalise with the current batch's statistics and keep
-    no running averages (in eval mode too, so ``predict`` also uses batch statistics, as in
-    TENT); LayerNorm has none. Everything else is frozen and in eval mode.
+    Trainable: weight and bias of every image-encoder normalisation layer. TENT's code collects
+    BatchNorm2d only (tent.py:74-79); CLIP's ViTs have none, so LayerNorm affines train too, as
+    in the ViT variants of TENT (e.g. UniEnt's imagenet/tent.py:156-157). BatchNorm layers
+    normalise with the current batch's statistics and keep no running averages (tent.py:107-109;
+    in ``predict`` too, as TENT evaluates in train mode); LayerNorm has no statistics.
 
-    ``adapt`` is online: a single shuffled, un-augmented pass, recording the predictions of the
-    forward pass each update is computed from in ``online_predictions``.
+    Regimes: ``transductive`` (the UEO protocol: one shuffled, un-augmented pass over the adapt
+    set, then the test set is predicted; the predictions made along the pass are recorded as
+    ``adapt_online``) and ``online`` (one pass over the test stream; its predictions are the
+    result). A batch's prediction comes from the forward pass its update is computed from, i.e.
+    before the update (tent.py:55-61).
 
-    Hyper-parameters besides the loop's: ``recipe`` (``imagenet``: SGD lr 2.5e-4 momentum 0.9
-    batch 64; ``cifar``: Adam lr 1e-3 batch 200; it fills those keys at resolve time unless they
-    are given explicitly, so records show the values used), ``steps`` (updates per batch) and
+    Hyper-parameters besides the loop's: ``recipe`` (fills the optimiser keys at resolve time
+    unless given explicitly, so records show the values used), ``steps`` (updates per batch) and
     ``episodic`` (restore weights and optimiser before every batch).
     """
 
     name = "tent"
-    online = True
+    regimes = ("transductive", "online")
+    official_precision = "fp32"
     defaults = {
         "recipe": "imagenet",
         **RECIPES["imagenet"],
@@ -63,6 +70,8 @@ class Tent(Adapter):
         """
         recipe = overrides.get("recipe", cls.defaults["recipe"])
         preset = RECIPES.get(recipe, {}) if isinstance(recipe, str) else {}
+        if recipe == "cifar" and "nesterov" not in overrides:
+            preset = {**preset, "nesterov": False}
         return super().resolve_hparams({**preset, **overrides})
 
     def configure(self) -> list[nn.Parameter]:
@@ -80,59 +89,34 @@ class Tent(Adapter):
             p.requires_grad_(True)
         return params
 
-    def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean softmax entropy of the batch's logits, those logits): TENT's forward pass."""
-        logits = self.model(batch["images"])
+        logits = self.model(images)
         return softmax_entropy(logits).mean(), logits
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean softmax entropy of the batch's ``100 * cos`` logits."""
-        return self.forward_loss(batch)[0]
+        return self.forward_loss(batch["images"])[0]
+
+    def stream_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``steps`` updates on the batch (after a reset when ``episodic``); the logits of the last forward."""
+        if self.hp["episodic"]:
+            self.reset()
+        for _ in range(self.hp["steps"]):
+            loss, logits = self.forward_loss(batch["images"])
+            self.step(loss)
+            self.last_loss = loss.item()
+        return logits.detach().float()
+
+    def stream_batch_size(self) -> int:
+        return self.hp["batch_size"]
 
     def adapt(self, data: UnlabeledData) -> None:
-        """Online adaptation: ``epochs`` (default 1) shuffled passes, ``steps`` updates per batch.
+        """Transductive regime: ``epochs`` (default 1) shuffled passes over the adapt set.
 
-        Each batch's predictions come from the forward pass of its last update, i.e. before that
-        update, as TENT's ``forward_and_adapt`` returns them; those of the final pass are kept in
-        ``online_predictions`` (``index``, ``pred``, ``score`` = MSP), one entry per image seen.
+        The predictions of the final pass are kept in ``online_predictions`` as ``(index,
+        logits)`` pairs, one entry per image seen.
         """
-        hp = self.hp
-        self.before_adapt(data)
-        indices = self.adapt_indices()
-        n = len(data) if indices is None else len(indices)
-        per_epoch = data.num_batches(hp["batch_size"], hp["drop_last"], n) * hp["steps"]
-        total = hp["epochs"] * per_epoch
-        warmup = hp["warmup_epochs"] * per_epoch
-        base_lrs = self._base_lrs()
-        bar = tqdm(total=total, desc=self.name, leave=False, disable=None)
-        it = 0
-        for epoch in range(hp["epochs"]):
-            self.before_epoch(epoch, data)
-            seen: dict[str, list[torch.Tensor]] = {
-                "index": [torch.empty(0, dtype=torch.long)],
-                "pred": [torch.empty(0, dtype=torch.long)],
-                "score": [torch.empty(0)],
-            }
-            losses = []
-            for batch in data.batches(
-                hp["batch_size"], shuffle=True, augment=hp["augment"], views=self.views,
-                drop_last=hp["drop_last"], indices=self.adapt_indices(),
-            ):
-                if hp["episodic"]:
-                    self.reset()
-                for _ in range(hp["steps"]):
-                    for group, base in zip(self.optimizer.param_groups, base_lrs):
-                        group["lr"] = base * self.lr_factor(it, total, warmup)
-                    with self.autocast():
-                        loss, logits = self.forward_loss(batch)
-                    self.step(loss)
-                    losses.append(loss.item())
-                    it += 1
-                    bar.update(1)
-                probs = logits.detach().float().softmax(dim=-1)
-                seen["index"].append(batch["index"].cpu())
-                seen["pred"].append(probs.argmax(dim=-1).cpu())
-                seen["score"].append(probs.max(dim=-1).values.cpu())
-            self.online_predictions = {k: torch.cat(v) for k, v in seen.items()}
-            self.history.append({"epoch": epoch + 1, "loss": float(sum(losses) / max(len(losses), 1))})
-        bar.close()
+        for _ in range(self.hp["epochs"]):
+            order = torch.randperm(len(data), generator=self.generator)
+            self.online_predictions = [(index.cpu(), out) for index, out in self.stream(data, order)]

@@ -25,18 +25,27 @@ class UEO(Adapter):
 
     Hyper-parameters besides the loop's: ``lam`` (weight of the marginal-entropy term),
     ``n_ctx`` (context tokens) and ``ctx_init`` (their initial words; "" = random N(0, 0.02)).
+    Every default is the official value (tim-learn/UEO ``demo.py``; file and line of each in
+    ``docs/recipes.md``); DomainNet's 5 epochs are that data set's recipe (``demo.sh``).
     """
 
     name = "ueo"
+    official_precision = "fp16_weights"
+    """``clip.load`` on a GPU: fp16 weights and an fp16 context, norms in fp32 (demo.py:22, 367)."""
     defaults = {
         "epochs": 50,
         "batch_size": 64,
         "optimizer": "sgd",
         "lr": 1e-4,
         "momentum": 0.0,
+        "nesterov": False,
         "weight_decay": 0.0,
         "schedule": "cosine",
-        "augment": "weak",
+        "schedule_step": "iteration",
+        "augment": "rrc",
+        "crop_scale": [0.5, 1.0],
+        "interpolation": "bicubic",
+        "drop_last": False,
         "lam": 1.0,
         "n_ctx": 4,
         "ctx_init": "a photo of a",

@@ -1,4 +1,4 @@
-"""Zero-shot CLIP: nothing is adapted; prediction = argmax cosine, OOD score = MSP."""
+"""Zero-shot CLIP: nothing is adapted; prediction = argmax cosine, every OOD score from its logits."""
 from __future__ import annotations
 
 import torch
@@ -14,9 +14,12 @@ class ZeroShot(Adapter):
 
     name = "zero_shot"
     adapts = False
+    trains = False
+    regimes = ("none",)
+    official_precision = "fp16_weights"
+    """UEO's zero-shot evaluation runs CLIP as ``clip.load`` returns it (tim-learn/UEO demo.py:367)."""
 
     @torch.no_grad()
-    def predict_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_features(self, features: torch.Tensor) -> torch.Tensor:
         """``predict`` from precomputed image features (the evaluator's feature-cache path)."""
-        logits = (LOGIT_SCALE * (features @ self.model.text_features().t())).float()
-        return logits, logits.softmax(dim=-1).max(dim=-1).values
+        return (LOGIT_SCALE * (features @ self.model.text_features().t())).float()

@@ -34,7 +34,10 @@ def test_writes_records_and_leaderboard(zero_shot_out: Path):
         assert key in rec["data"], key
     assert rec["data"]["protocol"] == "ueo" and rec["data"]["setting"] == "oda"
     assert set(rec["metrics"]) == {"test", "adapt"}
-    assert set(METRIC_NAMES) <= set(rec["metrics"]["test"])
+    assert {"acc", "acc_pc"} <= set(rec["metrics"]["test"])
+    assert set(METRIC_NAMES) - {"acc", "acc_pc"} <= set(rec["metrics"]["test"]["scores"]["msp_cos"])
+    assert rec["headline_score"] == "msp_cos" and rec["regime"] == "none"
+    assert rec["hparams"]["precision"] == "official" and rec["execution"]["precision"] == "fp32"
     assert rec["spec"]["model"] == "clipbench-tiny" and rec["spec"]["pretrained"] == "embedded"
     assert "torch" in rec["versions"] and rec["timings"]["total"] > 0
     run_dir = Path(rec["_dir"])
@@ -46,12 +49,20 @@ def test_writes_records_and_leaderboard(zero_shot_out: Path):
 
 
 def test_metrics_recompute_from_preds(zero_shot_out: Path):
+    """Every score's metrics from preds.npz alone; the H-score's threshold is Otsu's on the adapt scores."""
+    from benchmark.metrics import otsu_threshold
+
     for rec in load_records(zero_shot_out):
         with np.load(Path(rec["_dir"]) / "preds.npz") as z:
-            for part in ("test", "adapt"):
-                m = open_set_metrics(z[f"{part}_pred"], z[f"{part}_label"], z[f"{part}_score"], rec["data"]["num_known"])
-                for k in METRIC_NAMES:
-                    assert m[k] == pytest.approx(rec["metrics"][part][k], nan_ok=True), (part, k)
+            for score in rec["scores"]:
+                threshold = otsu_threshold(z[f"adapt_score_{score}"])
+                assert rec["rejection"]["thresholds"][score] == pytest.approx(threshold)
+                for part in ("test", "adapt"):
+                    m = open_set_metrics(z[f"{part}_pred"], z[f"{part}_label"], z[f"{part}_score_{score}"],
+                                         rec["data"]["num_known"], threshold)
+                    stored = {**rec["metrics"][part], **rec["metrics"][part]["scores"][score]}
+                    for k in METRIC_NAMES:
+                        assert m[k] == pytest.approx(stored[k], nan_ok=True), (part, score, k)
 
 
 def test_second_invocation_recomputes_nothing(zero_shot_out: Path, capsys):

@@ -54,10 +54,10 @@ class DecodeCounter:
         self.lock = threading.Lock()
         real = images_module.read_image
 
-        def counted(path: object, resolution: int) -> torch.Tensor:
+        def counted(path: object, resolution: int, view: str = "center") -> tuple[torch.Tensor, int, int]:
             with self.lock:
                 self.calls += 1
-            return real(path, resolution)
+            return real(path, resolution, view)
 
         monkeypatch.setattr(images_module, "read_image", counted)
 

@@ -85,7 +85,7 @@ def test_office_home_oda_labels_paths_and_images(office_home_root: Path) -> None
         assert split.test.labels[row] == index[folder]
         assert split.test.classes[row] == index[folder]
     first = office_home_root / split.adapt.paths[0]
-    assert torch.equal(split.adapt.images[0], read_image(first, R))
+    assert torch.equal(split.adapt.images[0], read_image(first, R)[0])
 
 
 @pytest.mark.parametrize(
@@ -344,7 +344,7 @@ def test_decode_cache_is_reused_and_invalidated(
     assert len(list(cache.glob("*.u8"))) == 1, "the oda adapt set is a view of the domain, not another entry"
     monkeypatch.setenv("CLIPBENCH_CACHE", str(cache))
 
-    def refuse(path: object, resolution: int) -> torch.Tensor:
+    def refuse(path: object, resolution: int, view: str = "center") -> torch.Tensor:
         raise AssertionError("decoded although cached")
 
     monkeypatch.setattr(images_module, "read_image", refuse)

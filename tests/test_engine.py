@@ -63,8 +63,8 @@ def test_hparams_unknown_key_and_bad_type_are_named():
         _NormEntropy.resolve_hparams({"epochs": 1.5})
     with pytest.raises(HyperParameterError, match="must be one of"):
         _NormEntropy.resolve_hparams({"optimizer": "lbfgs"})
-    hp = _NormEntropy.resolve_hparams({"lr": 1, "amp": "false"})
-    assert hp["lr"] == 1.0 and isinstance(hp["lr"], float) and hp["amp"] is False
+    hp = _NormEntropy.resolve_hparams({"lr": 1, "nesterov": "false"})
+    assert hp["lr"] == 1.0 and isinstance(hp["lr"], float) and hp["nesterov"] is False
     assert hp["epochs"] == 2 and hp["momentum"] == 0.0
 
 

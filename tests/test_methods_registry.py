@@ -1,5 +1,6 @@
-"""Every registered method, on the embedded benchmark: it adapts, predicts validly, changes
-something, and never sees a label. Plus a method kept in a user's own file (``--plugins``)."""
+"""Every registered method, on the embedded benchmark, in every regime it declares: it adapts,
+predicts validly, changes something, and never sees a label. Plus a method kept in a user's own
+file (``--plugins``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,15 +13,22 @@ from benchmark.cli import main
 from benchmark.records import load_records
 from benchmark.registry import get_method, method_names
 from benchmark.runner import RunSpec, execute
+from benchmark.scores import score_names
+from benchmark.sweep import SweepRequest, build_sweep
 
 SHORT = {"epochs": 1}
 
 
 def _spec(method: str, **hp) -> RunSpec:
+    """The embedded benchmark's run of ``method`` on sketch, seed 1 (its budget, one epoch)."""
     cls = get_method(method)
     short = {k: v for k, v in SHORT.items() if k in cls.hparam_defaults()}
-    return RunSpec(method=method, dataset="synthetic", domain="sketch", setting="oda", protocol="ueo", seed=1,
-                   model="clipbench-tiny", pretrained="embedded", hparams=cls.resolve_hparams({**short, **hp}))
+    req = SweepRequest(methods=[method], datasets=["synthetic"], seeds=[1], model="clipbench-tiny",
+                       pretrained="embedded", domains=["sketch"], overrides={method: {**short, **hp}})
+    return build_sweep(req)[0]
+
+
+METHOD_REGIMES = [(m, r) for m in method_names() for r in get_method(m).regimes]
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +44,26 @@ def zero_shot_preds(out: Path) -> np.ndarray:
         return z["test_topk_logit"].astype(np.float32)
 
 
-@pytest.mark.parametrize("method", method_names())
-def test_every_method_adapts_and_predicts(method: str, out: Path, zero_shot_preds: np.ndarray):
-    rec = execute(_spec(method), out)
+@pytest.mark.parametrize("method,regime", METHOD_REGIMES)
+def test_every_method_adapts_and_predicts(method: str, regime: str, out: Path, zero_shot_preds: np.ndarray):
+    rec = execute(_spec(method, regime=regime), out)
     assert rec["status"] == "done", rec.get("traceback")
+    assert rec["regime"] == regime and rec["spec"]["hparams"]["regime"] == regime
+    assert rec["execution"]["precision"] == "fp32" and rec["headline_score"] == "msp_cos"
     with np.load(Path(out) / "runs" / rec["hash"] / "preds.npz") as z:
         n, k = rec["data"]["n_test"], rec["data"]["num_known"]
         assert z["test_pred"].shape == (n,) and z["test_pred"].min() >= 0 and z["test_pred"].max() < k
-        score = z["test_score"]
-        assert np.isfinite(score).all() and (score >= 1.0 / k - 1e-6).all() and (score <= 1 + 1e-6).all()
+        for name in score_names():
+            assert np.isfinite(z[f"test_score_{name}"]).all(), name
+        score = z["test_score_msp_cos"]
+        assert (score >= 1.0 / k - 1e-6).all() and (score <= 1 + 1e-6).all()
         logits = z["test_topk_logit"].astype(np.float32)
-    assert 0 <= rec["metrics"]["test"]["auroc"] <= 100
-    if get_method(method).adapts:
-        assert rec["num_trainable"] > 0 and rec["history"]
+    assert set(score_names()) <= set(rec["metrics"]["test"]["scores"]) == set(rec["scores"])
+    assert 0 <= rec["metrics"]["test"]["scores"]["msp_cos"]["auroc"] <= 100
+    cls = get_method(method)
+    if cls.adapts:
+        assert rec["history"]
+        assert (rec["num_trainable"] > 0) == cls.trains
         assert not np.array_equal(logits, zero_shot_preds), f"{method} changed nothing"
     else:
         assert np.array_equal(logits, zero_shot_preds)
@@ -75,7 +90,7 @@ def test_labels_never_reach_a_method(method: str, tmp_path: Path, monkeypatch):
         rec = execute(_spec(method), tmp_path / str(permute))
         assert rec["status"] == "done", rec.get("traceback")
         with np.load(tmp_path / str(permute) / "runs" / rec["hash"] / "preds.npz") as z:
-            preds.append((z["test_pred"], z["test_score"]))
+            preds.append((z["test_pred"], z["test_score_msp_cos"]))
     assert np.array_equal(preds[0][0], preds[1][0]) and np.array_equal(preds[0][1], preds[1][1])
 
 
@@ -83,8 +98,10 @@ def test_unlabeled_batches_carry_no_labels():
     from benchmark.unlabeled import UnlabeledData
     import torch
 
+    from benchmark.augment import Augment
+
     data = UnlabeledData(torch.zeros(5, 3, 8, 8, dtype=torch.uint8))
-    batch = next(data.batches(4, views=("strong",)))
+    batch = next(data.batches(4, views={"images": Augment("none"), "images_strong": Augment("rrc")}))
     assert set(batch) == {"index", "images", "images_strong"}
     assert not any("label" in name for name in vars(data))
 
@@ -102,6 +119,7 @@ class NormEntropy(Adapter):
 
     name = "my_norm_entropy"
     defaults = {"epochs": 1, "lr": 1e-3, "augment": "none"}
+    regimes = ("transductive",)
 
     def configure(self):
         self.model.eval()

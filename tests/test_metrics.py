@@ -13,7 +13,9 @@ from benchmark.metrics import (
     auroc,
     average_precision,
     fpr_at_tpr,
-    h_score,
+    otsu_threshold,
+    unida_hscore,
+    harmonic_mean,
     open_set_metrics,
     oscr,
     per_class_accuracy,
@@ -229,26 +231,97 @@ class TestOscr:
         assert math.isnan(oscr([0, 1], [0, 1], [0.3, 0.2], 2))
 
 
-class TestHScore:
+class TestHarmonicMean:
     def test_values(self):
-        assert h_score(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
-        assert h_score(50.0, 50.0) == pytest.approx(50.0)
-        assert h_score(100.0, 0.0) == 0.0
-        assert h_score(0.0, 0.0) == 0.0
+        assert harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
+        assert harmonic_mean(50.0, 50.0) == pytest.approx(50.0)
+        assert harmonic_mean(100.0, 0.0) == 0.0
+        assert harmonic_mean(0.0, 0.0) == 0.0
 
     def test_nan(self):
-        assert math.isnan(h_score(float("nan"), 50.0))
-        assert math.isnan(h_score(50.0, float("nan")))
+        assert math.isnan(harmonic_mean(float("nan"), 50.0))
+        assert math.isnan(harmonic_mean(50.0, float("nan")))
+
+
+class TestOtsu:
+    def test_two_clusters_cut_between_them(self):
+        # sigma_b^2 is largest for the cut between .2 and .8: threshold = their midpoint .5
+        assert otsu_threshold([0.1, 0.2, 0.2, 0.8, 0.9]) == pytest.approx(0.5)
+
+    def test_hand_case_unequal_groups(self):
+        # cuts of [0, 1, 2, 10]: k=1: .25*.75*(0-13/3)^2 = 3.52; k=2: .5*.5*(.5-6)^2 = 7.5625;
+        # k=3: .75*.25*(1-10)^2 = 15.19 -> cut between 2 and 10
+        assert otsu_threshold([10.0, 0.0, 2.0, 1.0]) == pytest.approx(6.0)
+
+    def test_ties_never_split(self):
+        t = otsu_threshold([1.0, 1.0, 1.0, 2.0])
+        assert 1.0 < t < 2.0
+
+    def test_degenerate_nan(self):
+        assert math.isnan(otsu_threshold([0.3]))
+        assert math.isnan(otsu_threshold([0.3, 0.3, 0.3]))
+
+
+class TestUnidaHScore:
+    # K = 2; samples: known 0 (correct, score .9), known 1 (correct, .4), known 1 (wrong, .8),
+    # unknown (.3), unknown (.7)
+    PRED = np.array([0, 1, 0, 0, 1])
+    LABEL = np.array([0, 1, 1, 2, 3])
+    SCORE = np.array([0.9, 0.4, 0.8, 0.3, 0.7])
+
+    def test_hand_case(self):
+        # threshold .5: accepted .9 .8 .7; class 0: 1/1 correct & accepted; class 1: .4 rejected,
+        # .8 wrong -> 0/2. known = (1 + 0)/2 = 50; unknown rejected: .3 yes, .7 no -> 50; H = 50
+        m = unida_hscore(self.PRED, self.LABEL, self.SCORE, 2, 0.5)
+        assert m["hos_known"] == pytest.approx(50.0)
+        assert m["hos_unknown"] == pytest.approx(50.0)
+        assert m["hos"] == pytest.approx(50.0)
+        # threshold .35: class 1's .4 is accepted and correct -> (1 + 1/2)/2 = 75; unknown 50
+        m = unida_hscore(self.PRED, self.LABEL, self.SCORE, 2, 0.35)
+        assert m["hos_known"] == pytest.approx(75.0)
+        assert m["hos"] == pytest.approx(2 * 75 * 50 / 125)
+
+    def test_reject_everything(self):
+        m = unida_hscore(self.PRED, self.LABEL, self.SCORE, 2, 1.0)
+        assert (m["hos_known"], m["hos_unknown"], m["hos"]) == (0.0, 100.0, 0.0)
+
+    def test_reject_nothing(self):
+        m = unida_hscore(self.PRED, self.LABEL, self.SCORE, 2, 0.0)
+        assert m["hos_unknown"] == 0.0 and m["hos"] == 0.0
+        assert m["hos_known"] == pytest.approx((1.0 + 0.5) / 2 * 100)
+
+    def test_undefined(self):
+        assert math.isnan(unida_hscore([0, 1], [0, 1], [0.1, 0.2], 2, 0.5)["hos"])
+        assert math.isnan(unida_hscore(self.PRED, self.LABEL, self.SCORE, 2, float("nan"))["hos"])
+
+    def test_rejection_rule_reads_no_labels(self):
+        # open_set_metrics fits Otsu on the scores alone: permuting the labels keeps the threshold
+        rng = np.random.default_rng(0)
+        label = rng.integers(0, 4, 200)
+        pred = rng.integers(0, 2, 200)
+        score = rng.normal(size=200)
+        t1 = open_set_metrics(pred, label, score, 2)["threshold"]
+        t2 = open_set_metrics(pred, rng.permutation(label), score, 2)["threshold"]
+        assert t1 == t2 == otsu_threshold(score)
+
+    def test_zero_shot_like_scores_get_a_real_value(self):
+        rng = np.random.default_rng(1)
+        label = np.repeat(np.arange(6), 50)
+        pred = np.where(label < 4, label, 0)
+        score = rng.normal(size=300) + 1.5 * (label < 4)
+        m = open_set_metrics(pred, label, score, 4)
+        assert 0.0 < m["hos"] < 100.0
 
 
 class TestOpenSetMetrics:
     def test_keys_and_constants(self):
-        assert METRIC_NAMES == ("acc", "acc_pc", "auroc", "fpr95", "aupr_in", "aupr_out", "oscr", "h_score")
+        assert METRIC_NAMES == ("acc", "acc_pc", "auroc", "fpr95", "aupr_in", "aupr_out", "oscr", "hm_accpc_auroc",
+                                "hos", "hos_known", "hos_unknown")
         assert set(HIGHER_IS_BETTER) == set(METRIC_NAMES)
         assert HIGHER_IS_BETTER["fpr95"] is False
         assert all(v for key, v in HIGHER_IS_BETTER.items() if key != "fpr95")
         m = open_set_metrics([0, 1, 0], [0, 1, 2], [0.9, 0.8, 0.1], 2)
-        assert list(m) == [*METRIC_NAMES, "n", "n_known", "n_unknown"]
+        assert list(m) == ["acc", "acc_pc", "n", "n_known", "n_unknown", *METRIC_NAMES[2:], "threshold"]
         assert (m["n"], m["n_known"], m["n_unknown"]) == (3, 2, 1)
         assert all(isinstance(m[key], int) for key in ("n", "n_known", "n_unknown"))
 
@@ -267,13 +340,13 @@ class TestOpenSetMetrics:
         assert m["aupr_in"] == pytest.approx(500 / 6)
         assert m["aupr_out"] == pytest.approx(500 / 6)
         assert m["oscr"] == pytest.approx(87.5)
-        assert m["h_score"] == pytest.approx(2 * 100 * 87.5 / 187.5)
+        assert m["hm_accpc_auroc"] == pytest.approx(2 * 100 * 87.5 / 187.5)
 
     def test_no_unknowns_nan(self):
         m = open_set_metrics([0, 1, 1], [0, 1, 0], [0.9, 0.8, 0.1], 2)
         assert m["acc"] == pytest.approx(200 / 3)
         assert m["acc_pc"] == pytest.approx(75.0)
-        for key in ("auroc", "fpr95", "aupr_in", "aupr_out", "oscr", "h_score"):
+        for key in ("auroc", "fpr95", "aupr_in", "aupr_out", "oscr", "hm_accpc_auroc", "hos"):
             assert math.isnan(m[key]), key
         assert m["n_unknown"] == 0
 

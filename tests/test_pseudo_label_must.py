@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from benchmark.ema import EmaTeacher, ema_update_, ramped_decay
 from benchmark.masking import masked_alignment, masked_l1, normalize_patches, patchify, random_block_mask
-from benchmark.model import ENSEMBLE_TEMPLATES
+from benchmark.model import IMAGENET_TEMPLATES
 from benchmark.registry import get_method
 from benchmark.selftrain import class_balanced_topk, confident, fairness_loss
 from conftest import make_classifier, make_data
@@ -122,12 +122,29 @@ def test_pseudo_label_trains_exactly_the_prompt_context(arch):
     assert (hp["optimizer"], hp["lr"], hp["momentum"], hp["weight_decay"]) == ("sgd", 0.002, 0.9, 5e-4)
     assert (hp["epochs"], hp["batch_size"], hp["warmup_epochs"], hp["warmup_lr"]) == (50, 32, 1, 1e-5)
     assert hp["selection"] == "topk" and hp["num_per_class"] == 16
+    assert (hp["crop_scale"], hp["drop_last"], hp["schedule_step"], hp["nesterov"]) == ([0.08, 1.0], True, "epoch", False)
+    assert hp["ensemble"] == 1 and get_method("pseudo_label_ensemble").resolve_hparams({})["ensemble"] == 16
+
+
+def test_pseudo_label_rate_is_stepped_per_epoch_as_dassl():
+    """1e-5 for the warm-up epoch, then 0.002 * 0.5 (1 + cos(pi (e - 1) / 50)), constant within an epoch."""
+    adapter = get_method("pseudo_label")(make_classifier("vit"))
+    adapter._epoch_batches = 4
+    rates = []
+    for epoch in (0, 1, 2, 49):
+        adapter._epoch, adapter._batch = epoch, 3
+        rates.append(adapter.hp["lr"] * adapter.lr_factor(0, 0, 0))
+    assert rates[0] == pytest.approx(1e-5)
+    assert rates[1] == pytest.approx(0.002)
+    assert rates[2] == pytest.approx(0.001 * (1 + math.cos(math.pi / 50)))
+    assert rates[3] == pytest.approx(0.001 * (1 + math.cos(math.pi * 48 / 50)))  # 7.9e-6, never 0
 
 
 def test_pseudo_label_selects_topk_steps_and_resets():
     model = make_classifier("rn")
     data = make_data(model, 16)
-    adapter = get_method("pseudo_label")(model, {"epochs": 1, "batch_size": 4, "num_per_class": 2})
+    adapter = get_method("pseudo_label")(model, {"epochs": 1, "batch_size": 4, "num_per_class": 2,
+                                                 "drop_last": False, "warmup_epochs": 0})
     before = _state(model)
     adapter.adapt(data)
     idx, lab = class_balanced_topk(adapter.zero_shot_probs, 2)
@@ -146,7 +163,7 @@ def test_pseudo_label_selects_topk_steps_and_resets():
 def test_pseudo_label_threshold_variant_refreshes_after_warmup():
     model = make_classifier("vit")
     data = make_data(model, 12)
-    hp = {"selection": "threshold", "threshold": 0.0, "epochs": 3, "batch_size": 6}
+    hp = {"selection": "threshold", "threshold": 0.0, "epochs": 3, "batch_size": 6, "drop_last": False}
     adapter = get_method("pseudo_label")(model, hp)
     refreshed = []
     original = adapter.probabilities
@@ -161,17 +178,16 @@ def test_pseudo_label_threshold_variant_refreshes_after_warmup():
 def test_pseudo_label_ensemble_averages_member_logits():
     model = make_classifier("vit")
     data = make_data(model, 8)
-    adapter = get_method("pseudo_label")(model, {"ensemble": 2, "epochs": 1, "batch_size": 8})
+    adapter = get_method("pseudo_label")(model, {"ensemble": 2, "epochs": 1, "batch_size": 8, "drop_last": False})
     adapter.adapt(data)
     assert adapter.member_text.shape[0] == 2
     assert not torch.allclose(adapter.member_text[0], adapter.member_text[1])
     assert [h["member"] for h in adapter.history] == [0, 1]
     images = data.images[:3].float() / 255
-    logits, score = adapter.predict(images)
+    logits = adapter.predict(images)
     feats = model.image_features(images)
     expected = torch.stack([100 * feats @ t.t() for t in adapter.member_text]).mean(0)
     assert torch.allclose(logits, expected, atol=1e-4)
-    assert torch.allclose(score, expected.softmax(-1).max(-1).values, atol=1e-5)
 
 
 def test_must_needs_a_vit():
@@ -198,9 +214,9 @@ def test_must_trainable_set_and_layer_decay():
     assert mult[id(v.transformer.resblocks[1].ln_1.bias)] == (pytest.approx(0.65), 0.0)
     assert mult[id(extras.head.weight)] == (1.0, 0.05)
     assert mult[id(v.proj)] == (1.0, 0.05)
-    assert adapter.hp["prompts"] == "ensemble"
-    assert torch.allclose(extras.head.weight, adapter.model.class_embeddings(ENSEMBLE_TEMPLATES))
-    assert adapter.hp["lr"] == pytest.approx(2e-5 * 64 / 256)
+    assert adapter.hp["prompts"] == "imagenet80" and len(IMAGENET_TEMPLATES) == 80
+    assert torch.allclose(extras.head.weight, adapter.model.class_embeddings(IMAGENET_TEMPLATES))
+    assert adapter.hp["batch_size"] == 1024 and adapter.hp["lr"] == pytest.approx(2e-5 * 1024 / 256)
     assert get_method("must").resolve_hparams({"batch_size": 128})["lr"] == pytest.approx(1e-5)
     assert get_method("must").resolve_hparams({"batch_size": 128, "lr": 1e-3})["lr"] == 1e-3
 
@@ -212,7 +228,7 @@ def test_must_masked_student_uses_raw_patch_tokens():
     with torch.no_grad():
         logits, embed, tokens = adapter.masked_student(images, none)
         assert torch.allclose(embed, adapter.model.image_features(images), atol=1e-5)
-        assert torch.allclose(logits, adapter.predict(images)[0], atol=1e-4)
+        assert torch.allclose(logits, adapter.predict(images), atol=1e-4)
         assert tokens.shape == (2, 16, adapter.model.visual.conv1.out_channels)
         # LayerNorm-ed tokens (fresh ln_patch: zero mean, unit variance per token)
         assert torch.allclose(tokens.mean(-1), torch.zeros(2, 16), atol=1e-4)
@@ -240,3 +256,21 @@ def test_must_steps_update_student_and_teacher_then_reset():
     assert all(torch.equal(before[k], v) for k, v in _state(model).items())
     assert all(torch.equal(teacher_before[k], v) for k, v in _state(adapter.teacher.module).items())
     assert adapter.iteration == 0
+
+
+def test_must_views_are_the_official_weak_and_strong_transforms():
+    """Weak: resize + random crop, no flip; strong: crop 0.3-1 + flip + RandAugment m9 (timm), recorded."""
+    adapter = get_method("must")(make_classifier("vit"), {"batch_size": 8})
+    views = adapter.views()
+    assert views["images"].kind == "crop" and views["images_strong"].kind == "randaugment"
+    described = adapter.describe()["views"]
+    strong = described["images_strong"]
+    assert strong["randaugment"] == "rand-m9-mstd0.5-inc1" and strong["randaugment_magnitude"] == 9
+    assert strong["randaugment_num_ops"] == 2 and list(strong["scale"]) == [0.3, 1.0] and strong["flip"]
+    assert {"AutoContrast", "Equalize", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "ShearX",
+            "TranslateXRel"} <= set(strong["randaugment_ops"])
+    assert described["images"] == {"kind": "crop", "interpolation": "bicubic"}
+    data = make_data(adapter.model, 8)
+    batch = next(data.batches(8, views=views))
+    assert batch["images"].shape == batch["images_strong"].shape == (8, 3, 32, 32)
+    assert not torch.equal(batch["images"], batch["images_strong"])

@@ -90,15 +90,15 @@ def test_average_column_averages_domains_within_each_seed_first(golden_out: Path
     for r in recs:
         s = r["spec"]
         if s["method"] == "infomax" and s["setting"] == "oda" and r["status"] == "done":
-            per_seed.setdefault(s["seed"], []).append(r["metrics"]["test"]["h_score"])
+            per_seed.setdefault(s["seed"], []).append(r["metrics"]["test"]["scores"]["msp_cos"]["hm_accpc_auroc"])
     seed_avgs = [np.mean(v) for v in per_seed.values() if len(v) == 3]  # seed 3 lacks painting
     assert len(seed_avgs) == 2
     csv = pd.read_csv(golden_out / "leaderboard.csv")
     row = csv[(csv.method == "infomax") & (csv.setting == "oda")].iloc[0]
-    assert row.h_score_mean == pytest.approx(np.mean(seed_avgs), abs=1e-4)
-    assert row.h_score_std == pytest.approx(np.std(seed_avgs, ddof=1), abs=1e-4)
+    assert row.hm_accpc_auroc_mean == pytest.approx(np.mean(seed_avgs), abs=1e-4)
+    assert row.hm_accpc_auroc_std == pytest.approx(np.std(seed_avgs, ddof=1), abs=1e-4)
     cells = pd.read_csv(golden_out / "tables" / f"{ODA}.csv")
-    cell = cells[(cells.method == "infomax") & (cells.metric == "h_score") & (cells.column == "avg")].iloc[0]
+    cell = cells[(cells.method == "infomax") & (cells.metric == "hm_accpc_auroc") & (cells.column == "avg")].iloc[0]
     assert cell["mean"] == pytest.approx(np.mean(seed_avgs), abs=1e-4) and (cell.n_done, cell.n_expected) == (2, 3)
     assert cells.groupby(["metric", "column"]).best.sum().min() >= 1  # every column has a bold best
 
@@ -106,23 +106,23 @@ def test_average_column_averages_domains_within_each_seed_first(golden_out: Path
 def test_plots_are_valid_images(golden_out: Path):
     plots = golden_out / "plots"
     for slug in (ODA, OPDA):
-        for stem in (f"bars_{slug}", f"cd_{slug}_h_score", f"tradeoff_{slug}", f"curves_{slug}"):
+        for stem in (f"bars_{slug}", f"cd_{slug}_hm_accpc_auroc", f"tradeoff_{slug}", f"curves_{slug}"):
             with Image.open(plots / f"{stem}.png") as im:
                 im.verify()
                 assert im.format == "PNG" and im.size[0] > 100
             pdf = (plots / f"{stem}.pdf").read_bytes()
             assert pdf.startswith(b"%PDF") and b"CreationDate" not in pdf
     report = (golden_out / "report.md").read_text()
-    assert f"![cd](plots/cd_{ODA}_h_score.png)" in report and f"tables/{ODA}.tex" in report
+    assert f"![cd](plots/cd_{ODA}_hm_accpc_auroc.png)" in report and f"tables/{ODA}.tex" in report
 
 
 def test_published_numbers_shown_next_to_measured_with_gap(tmp_path: Path):
     out = _copy_runs(tmp_path / "out", lambda s: s["setting"] == "opda")
     pub = tmp_path / "reported.csv"
-    rows = [["ueo", "synthetic", "ueo", "opda", "avg", "clipbench-tiny", "embedded", "h_score", "80.0", "fixture A"],
+    rows = [["ueo", "synthetic", "ueo", "opda", "avg", "clipbench-tiny", "embedded", "hm_accpc_auroc", "80.0", "fixture A"],
             ["ueo", "synthetic", "ueo", "opda", "photo", "clipbench-tiny", "", "auroc", "90.0", "fixture B"],
-            ["ueo", "synthetic", "ueo", "opda", "avg", "ViT-B-16", "openai", "h_score", "70.0", "fixture C"],
-            ["ueo", "synthetic", "ueo", "oda", "avg", "clipbench-tiny", "embedded", "h_score", "70.0", "fixture D"]]
+            ["ueo", "synthetic", "ueo", "opda", "avg", "ViT-B-16", "openai", "hm_accpc_auroc", "70.0", "fixture C"],
+            ["ueo", "synthetic", "ueo", "oda", "avg", "clipbench-tiny", "embedded", "hm_accpc_auroc", "70.0", "fixture D"]]
     pd.DataFrame(rows, columns=REPORTED_COLUMNS).to_csv(pub, index=False)
     write_report(out, reported=[pub], plots=False)
     md = (out / "leaderboard.md").read_text()
@@ -130,7 +130,7 @@ def test_published_numbers_shown_next_to_measured_with_gap(tmp_path: Path):
     assert "fixture A" in section and "fixture B" in section
     assert "fixture C" not in md and "fixture D" not in md  # other backbone, other setting
     cells = pd.read_csv(out / "tables" / f"{OPDA}.csv")
-    measured = cells[(cells.method == "ueo") & (cells.metric == "h_score") & (cells.column == "avg")].iloc[0]["mean"]
+    measured = cells[(cells.method == "ueo") & (cells.metric == "hm_accpc_auroc") & (cells.column == "avg")].iloc[0]["mean"]
     assert f"{measured - 80.0:+.1f}" in section
 
 
@@ -141,7 +141,7 @@ def test_published_numbers_shown_next_to_measured_with_gap(tmp_path: Path):
     (lambda df: df.assign(source=""), "source"),
 ])
 def test_bad_published_numbers_file_names_file_and_problem(tmp_path: Path, edit, message):
-    row = ["ueo", "office_home", "ueo", "oda", "avg", "ViT-B-16", "openai", "h_score", "80.0", "x"]
+    row = ["ueo", "office_home", "ueo", "oda", "avg", "ViT-B-16", "openai", "hm_accpc_auroc", "80.0", "x"]
     path = tmp_path / "reported.csv"
     edit(pd.DataFrame([row], columns=REPORTED_COLUMNS)).to_csv(path, index=False)
     with pytest.raises(ValueError, match=message) as err:
@@ -161,7 +161,7 @@ def test_degenerate_groups_report_na_without_crashing(tmp_path: Path):
     md = (only_base / "leaderboard.md").read_text()
     assert "Only the baseline `zero_shot` ran" in md and "no ranks" in md
     plots = only_base / "plots"
-    assert (plots / f"bars_{ODA}.png").is_file() and not (plots / f"cd_{ODA}_h_score.png").exists()
+    assert (plots / f"bars_{ODA}.png").is_file() and not (plots / f"cd_{ODA}_hm_accpc_auroc.png").exists()
     no_base = _copy_runs(tmp_path / "b", lambda s: s["method"] in ("ueo", "tent") and s["setting"] == "oda")
     write_report(no_base, plots=False)
     md = (no_base / "leaderboard.md").read_text()
@@ -181,7 +181,7 @@ def test_any_recorded_metric_on_request(tmp_path: Path):
 
 def test_cli_report_options(tmp_path: Path, capsys):
     out = _copy_runs(tmp_path, lambda s: s["setting"] == "opda")
-    assert main(["--report-only", "--out", str(out), "--metrics", "acc", "h_score", "--baseline", "ueo",
+    assert main(["--report-only", "--out", str(out), "--metrics", "acc", "hm_accpc_auroc", "--baseline", "ueo",
                  "--bootstrap", "20", "--alpha", "0.1"]) == 0
     md = (out / "leaderboard.md").read_text()
     assert "### acc per domain" in md and "Significance against ueo" in md and "p < 0.1" in md
@@ -192,3 +192,48 @@ def test_cli_report_options(tmp_path: Path, capsys):
     assert "--bootstrap" in capsys.readouterr().err
     assert main(["--report-only", "--out", str(out), "--metrics", "nope"]) == 2
     assert main(["--report-only", "--out", str(tmp_path / "empty")]) == 2
+
+
+def test_headline_score_is_named_and_another_is_shown_on_request(golden_out: Path, tmp_path: Path, capsys):
+    md = (golden_out / "leaderboard.md").read_text()
+    assert "OOD score: `msp_cos` (max softmax of the raw cosines, temperature 1)" in md
+    assert "Regimes: none: zero_shot; transductive: " in md
+    headline = pd.read_csv(golden_out / "leaderboard.csv")
+    out = _copy_runs(tmp_path)
+    assert main(["--report-only", "--out", str(out), "--score", "msp"]) == 0
+    md = (out / "leaderboard.md").read_text()
+    assert "OOD score: `msp` (max softmax of 100 x cosine)" in md and "`msp_cos`" not in md
+    other = pd.read_csv(out / "leaderboard.csv")
+    assert other.acc_pc_mean.tolist() == pytest.approx(headline.acc_pc_mean.tolist(), nan_ok=True)
+    assert other.auroc_mean.tolist() != pytest.approx(headline.auroc_mean.tolist(), nan_ok=True)
+    capsys.readouterr()
+    assert main(["--report-only", "--out", str(out), "--score", "nope"]) == 2
+    assert "recorded scores: msp, msp_cos" in capsys.readouterr().err
+
+
+def _rebuild(out: str) -> None:
+    write_report(Path(out), plots=True)
+
+
+def test_concurrent_rebuilds_leave_complete_parseable_files(tmp_path: Path):
+    """Two processes rebuild the report of one --out at once, twice over: every file parses whole."""
+    import multiprocessing
+
+    out = _copy_runs(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(2):
+        procs = [ctx.Process(target=_rebuild, args=(str(out),)) for _ in range(2)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(120)
+            assert proc.exitcode == 0
+    reference = _copy_runs(tmp_path / "ref")
+    write_report(reference, plots=True)
+    for rel in _outputs(reference):
+        assert (out / rel).read_bytes() == (reference / rel).read_bytes(), rel
+    assert len(pd.read_csv(out / "leaderboard.csv")) == len(pd.read_csv(reference / "leaderboard.csv"))
+    for png in (out / "plots").glob("*.png"):
+        with Image.open(png) as im:
+            im.verify()
+    assert not list(out.rglob("*.tmp"))

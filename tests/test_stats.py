@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from benchmark import stats
-from benchmark.metrics import accuracy, auroc, h_score, per_class_accuracy
+from benchmark.metrics import accuracy, auroc, harmonic_mean, per_class_accuracy
 
 # Demšar (JMLR 2006), Table 5(a): q_0.05 of the two-tailed Nemenyi test for k = 2..10.
 DEMSAR_Q05 = [1.960, 2.343, 2.569, 2.728, 2.850, 2.949, 3.031, 3.102, 3.164]
@@ -155,13 +155,13 @@ def test_bootstrap_metrics_equal_the_metric_definitions():
     pred, score, label, k = _preds(rng)
     idx = stats.bootstrap_indices(label.size, 20, rng)
     idx[0] = np.arange(label.size)
-    out = stats.bootstrap_metrics(["acc", "acc_pc", "auroc", "h_score"], pred, score, label, k, idx)
+    out = stats.bootstrap_metrics(["acc", "acc_pc", "auroc", "hm_accpc_auroc"], pred, score, label, k, idx)
     for b in range(idx.shape[0]):
         p, s, y = pred[idx[b]], score[idx[b]], label[idx[b]]
         assert out["acc"][b] == pytest.approx(accuracy(p, y, k))
         assert out["acc_pc"][b] == pytest.approx(per_class_accuracy(p, y, k))
         assert out["auroc"][b] == pytest.approx(auroc(s, y < k))
-        assert out["h_score"][b] == pytest.approx(h_score(per_class_accuracy(p, y, k), auroc(s, y < k)))
+        assert out["hm_accpc_auroc"][b] == pytest.approx(harmonic_mean(per_class_accuracy(p, y, k), auroc(s, y < k)))
 
 
 def test_bootstrap_undefined_resample_is_nan_and_interval_skips_it():

@@ -118,7 +118,7 @@ def _cache(args: argparse.Namespace) -> int:
     for domain in args.domains or spec.domains:
         files, folder, decoded = decode_domain(spec, domain, args.data_root, args.resolution, args.threads,
                                                args.cache)
-        sizes = ", ".join(f"{k} {len(v[0])}" for k, v in decoded.items())
+        sizes = ", ".join(f"{k} {len(v.images)}" for k, v in decoded.items())
         print(f"{spec.name}/{domain}: {sizes} images at {args.resolution} px cached in {folder}")
     return 0
 

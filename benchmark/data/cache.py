@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.data.images import TRANSFORM, read_images
+from benchmark.data.images import FULL_TRANSFORM, TRANSFORM, read_images
 
 try:
     import fcntl
@@ -62,9 +62,10 @@ def digest(text: str, length: int = 10) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:length]
 
 
-def files_key(paths: Sequence[Path], resolution: int) -> str:
-    """A digest of the format, transform, resolution and each file's path, size and mtime."""
-    hasher = hashlib.sha1(f"{FORMAT}\0{TRANSFORM}\0{resolution}".encode())
+def files_key(paths: Sequence[Path], resolution: int, view: str = "center") -> str:
+    """A digest of the format, transform (of ``view``), resolution and each file's path, size and mtime."""
+    transform = FULL_TRANSFORM if view == "full" else TRANSFORM
+    hasher = hashlib.sha1(f"{FORMAT}\0{transform}\0{resolution}".encode())
     for path in paths:
         stat = os.stat(path)
         hasher.update(f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
@@ -133,24 +134,40 @@ def read_images_cached(
     folder: Path | None,
     desc: str = "images",
     threads: int | None = None,
-) -> tuple[torch.Tensor, str]:
+    view: str = "center",
+) -> tuple[torch.Tensor, str, np.ndarray]:
     """``read_images`` through the cache in ``folder`` (plain decoding when None).
 
-    Returns the images and the entry's name stem (``""`` when not cached), which names the
-    row selections made from it.
+    Returns the images, the entry's name stem (``""`` when not cached), which names the row
+    selections made from it, and the valid (h, w) of every image (an (N, 2) array; all R for the
+    ``center`` view). The sizes of a ``full`` view are stored beside it as ``<stem>.sizes.npy``,
+    written before the images are renamed into place.
     """
+    n = len(paths)
+    sizes = np.full((n, 2), resolution, dtype=np.int32)
     if folder is None or not paths:
-        return read_images(paths, resolution, desc=desc, threads=threads), ""
-    prefix = f"{label}-{resolution}px-"
-    stem = prefix + files_key(paths, resolution)
-    shape = (len(paths), 3, resolution, resolution)
+        images = read_images(paths, resolution, desc=desc, threads=threads, view=view, sizes=sizes)
+        return images, "", sizes
+    kind = "" if view == "center" else f"{view}-"
+    prefix = f"{label}-{kind}{resolution}px-"
+    stem = prefix + files_key(paths, resolution, view)
+    shape = (n, 3, resolution, resolution)
+    sizes_file = folder / f"{stem}.sizes.npy"
 
     def fill(out: torch.Tensor) -> None:
-        read_images(paths, resolution, desc=desc, threads=threads, out=out)
+        read_images(paths, resolution, desc=desc, threads=threads, out=out, view=view, sizes=sizes)
+        if view == "full":
+            tmp = sizes_file.with_name(f"{sizes_file.name}.{os.getpid()}.tmp.npy")
+            np.save(tmp, sizes)
+            os.replace(tmp, sizes_file)
 
+    if view == "full" and not sizes_file.is_file():
+        (folder / f"{stem}.u8").unlink(missing_ok=True)
     images = cached_tensor(folder, f"{stem}.u8", shape, fill)
+    if view == "full":
+        sizes = np.load(sizes_file)
     prune(folder, prefix, stem)
-    return images, stem
+    return images, stem, sizes
 
 
 def select_rows(images: torch.Tensor, rows: np.ndarray, folder: Path | None, stem: str) -> torch.Tensor:

@@ -15,11 +15,18 @@ from benchmark.data.images import resize_array
 from benchmark.data.spec import DatasetSpec, load_generator
 
 
-def render_domain(spec: DatasetSpec, domain: str, resolution: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
-    """Render one domain: (N, 3, R, R) uint8 images, pinned labels, and ids ``<name>/<domain>/<index>``."""
+def render_domain(spec: DatasetSpec, domain: str, resolution: int,
+                  seed: int | None = None) -> tuple[torch.Tensor, np.ndarray, list[str], int]:
+    """Render one domain: (N, 3, R, R) uint8 images, pinned labels, ids ``<name>/<domain>/<index>``, and the seed.
+
+    ``seed`` None renders the spec's fixed images (``layout.seed``); a run passes its data seed
+    when the spec says ``resample: true``, so every seed of a sweep draws fresh images (the same
+    for every method of that seed).
+    """
     layout = spec.layout
     generator = load_generator(layout.generator)
-    images, labels = generator.render(domain, layout.n_per_class, layout.seed, layout.size)
+    seed = layout.seed if seed is None else int(seed)
+    images, labels = generator.render(domain, layout.n_per_class, seed, layout.size)
     images = np.asarray(images)
     labels = np.asarray(labels, dtype=np.int64)
     if images.ndim != 4 or len(images) != len(labels):
@@ -27,4 +34,4 @@ def render_domain(spec: DatasetSpec, domain: str, resolution: int) -> tuple[torc
     if len(labels) and not (labels.min() >= 0 and labels.max() < len(spec.classes)):
         raise DataError(f"{layout.generator}.render returned labels outside 0..{len(spec.classes) - 1}")
     ids = [f"{spec.name}/{domain}/{i:04d}" for i in range(len(labels))]
-    return resize_array(images, resolution), labels, ids
+    return resize_array(images, resolution), labels, ids, seed

@@ -1,9 +1,16 @@
 """Decoding and resizing images into uint8 tensors: the model's test transform minus normalisation.
 
-Every image becomes ``Resize(short side R, bicubic, antialias) + CenterCrop(R)`` as a
-``torch.uint8`` tensor of shape (3, R, R), the same geometry as open_clip's eval transform, so
-a model only has to scale to [0, 1] and normalise. Files are decoded with PIL in a few threads
-(PIL releases the GIL while decoding) straight into one preallocated tensor to keep memory low.
+Two views of every image, each a ``torch.uint8`` tensor of shape (3, R, R):
+
+- ``center`` (the test transform): ``Resize(short side R, bicubic, antialias) + CenterCrop(R)``,
+  the same geometry as open_clip's eval transform, so a model only has to scale to [0, 1] and
+  normalise;
+- ``full`` (what train augmentations crop from, as the official loaders crop the whole image):
+  the whole image resized so that its long side is R (bicubic, antialias), placed at the top
+  left and padded by repeating its last row and column; its valid size (h, w) is kept beside it.
+
+Files are decoded with PIL in a few threads (PIL releases the GIL while decoding) straight into
+one preallocated tensor to keep memory low.
 """
 from __future__ import annotations
 
@@ -27,6 +34,9 @@ PROGRESS_MIN = 500
 
 TRANSFORM = "rgb, resize short side (bicubic, antialias), center crop, uint8"
 """What ``eval_transform`` does, in words: part of every cache key, so changing it invalidates caches."""
+FULL_TRANSFORM = "rgb, resize long side (bicubic, antialias), pad bottom-right by edge, uint8"
+"""What ``full_transform`` does, in words (part of the cache key of ``full`` views)."""
+VIEWS = ("center", "full")
 
 _CHUNK = 1024
 
@@ -44,12 +54,38 @@ def eval_transform(image: Image.Image, resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def read_image(path: str | os.PathLike, resolution: int) -> torch.Tensor:
-    """Decode one file with ``eval_transform``; an unreadable or corrupt file raises ``DataError`` naming it."""
+def full_transform(image: Image.Image, resolution: int) -> tuple[torch.Tensor, int, int]:
+    """The whole image with its long side at ``resolution``, edge-padded to (3, R, R); and its (h, w)."""
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = resolution / max(w, h)
+    nw, nh = max(1, min(resolution, round(w * scale))), max(1, min(resolution, round(h * scale)))
+    image = TF.resize(image, [nh, nw], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return pad_edge(x, resolution), nh, nw
+
+
+def pad_edge(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Pad a (..., 3, h, w) tensor to (..., 3, R, R) at the bottom and right by repeating its edge."""
+    h, w = x.shape[-2:]
+    if (h, w) == (resolution, resolution):
+        return x
+    rows = torch.arange(resolution).clamp(max=h - 1)
+    cols = torch.arange(resolution).clamp(max=w - 1)
+    return x[..., rows, :][..., cols].contiguous()
+
+
+def read_image(path: str | os.PathLike, resolution: int, view: str = "center") -> tuple[torch.Tensor, int, int]:
+    """Decode one file into ``view`` (``center`` or ``full``) with its valid (h, w).
+
+    An unreadable or corrupt file raises ``DataError`` naming it.
+    """
     try:
         with Image.open(path) as image:
             image.load()
-            return eval_transform(image, resolution)
+            if view == "full":
+                return full_transform(image, resolution)
+            return eval_transform(image, resolution), resolution, resolution
     except FileNotFoundError as exc:
         raise DataError(f"image file not found: {path}") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -81,15 +117,25 @@ def read_images(
     desc: str = "images",
     threads: int | None = None,
     out: torch.Tensor | None = None,
+    view: str = "center",
+    sizes: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """Decode files in order into one (N, 3, R, R) uint8 tensor (``out`` if given), in threads, with progress."""
+    """Decode files in order into one (N, 3, R, R) uint8 tensor (``out`` if given), in threads, with progress.
+
+    ``view`` is ``center`` (the test transform) or ``full`` (the whole image, letterboxed); the
+    valid (h, w) of every image is written into ``sizes`` (an (N, 2) integer array) when given.
+    """
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     if out is None:
         out = torch.empty((len(paths), 3, resolution, resolution), dtype=torch.uint8)
     workers = threads or default_threads()
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=len(paths) < PROGRESS_MIN, leave=False)
 
     def fill(index: int) -> None:
-        out[index] = read_image(paths[index], resolution)
+        out[index], h, w = read_image(paths[index], resolution, view)
+        if sizes is not None:
+            sizes[index] = (h, w)
 
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     try:
@@ -109,7 +155,10 @@ def read_images(
 
 
 def resize_array(images: np.ndarray, resolution: int) -> torch.Tensor:
-    """Bring an (N, H, W, 3) uint8 array to (N, 3, R, R) uint8 with the same resize-and-crop geometry."""
+    """Bring an (N, H, W, 3) uint8 array to (N, 3, R, R) uint8 with the same resize-and-crop geometry.
+
+    Generated images are square, so this is also their ``full`` view (the whole image at R).
+    """
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise DataError(f"expected an (N, H, W, 3) uint8 array, got {images.dtype} {images.shape}")
     batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)

@@ -39,8 +39,14 @@ Schema (unknown keys are errors, so typos do not pass silently)::
           opda: [[0, 34], [50, 59]]
         test: all
     default_protocol: ueo           # optional
-    overrides: {ueo: {epochs: 10}}  # optional per-method hyper-parameter defaults
+    recipes: {ueo: {epochs: 5}}     # optional: a paper's own recipe for this data set (not a departure)
+    overrides: {ueo: {epochs: 10}}  # optional: per-method changes of the recipe (departures, shown in tables)
+    validation_domains: [val]       # optional: labelled domains that are never targets (model selection)
+    grids: {ueo: {lr: [1e-4, 1e-3]}}  # optional: the hyper-parameter grid the overrides were selected from
     notes: "free text"              # optional
+
+A protocol may name its headline OOD score (``score: msp_cos``, the default); tables show it.
+A synthetic layout may say ``resample: true``: each run seed then draws its own images.
 
 Folders-layout and synthetic data sets are transductive: one image set per domain serves as
 adapt set (the images of the adapt classes) and test set (the images of the test classes).
@@ -66,14 +72,16 @@ FROM_GENERATOR = "generator"
 
 _TOP_KEYS = {
     "name", "title", "classes", "domains", "layout", "get", "download", "protocols",
-    "default_protocol", "overrides", "notes",
+    "default_protocol", "recipes", "overrides", "validation_domains", "grids", "notes",
 }
 _LAYOUT_KEYS = {
     "folders": {"kind", "root", "extensions", "class_folders"},
     "lists": {"kind", "root", "adapt_list", "test_list"},
-    "synthetic": {"kind", "generator", "n_per_class", "seed", "size"},
+    "synthetic": {"kind", "generator", "n_per_class", "seed", "size", "resample"},
 }
-_PROTOCOL_KEYS = {"known", "settings", "test", "description"}
+_PROTOCOL_KEYS = {"known", "settings", "test", "description", "score"}
+DEFAULT_SCORE = "msp_cos"
+"""The headline OOD score of a protocol that names none (UEO's official evaluation)."""
 
 
 def normalise_name(name: str) -> str:
@@ -114,6 +122,7 @@ class Layout:
     n_per_class: int = 0
     seed: int = 0
     size: int = 0
+    resample: bool = False
 
     @property
     def transductive(self) -> bool:
@@ -136,6 +145,7 @@ class Protocol:
     test: tuple[int, ...]
     order: tuple[int, ...]
     description: str = ""
+    score: str = DEFAULT_SCORE
 
     @property
     def num_known(self) -> int:
@@ -159,6 +169,14 @@ class DatasetSpec:
     get: str
     download: list[dict[str, Any]]
     overrides: dict[str, dict[str, Any]]
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    validation_domains: tuple[str, ...] = ()
+    grids: dict[str, dict[str, list]] = field(default_factory=dict)
+
+    @property
+    def target_domains(self) -> list[str]:
+        """The domains a sweep runs by default: every domain except the validation domains."""
+        return [d for d in self.domains if d not in self.validation_domains]
 
     def protocol(self, name: str | None = None) -> Protocol:
         """The protocol called ``name`` (default protocol if None); unknown names list the valid ones."""
@@ -262,6 +280,7 @@ def _parse_layout(path: Path, raw: Any) -> Layout:
             n_per_class=int(raw.get("n_per_class", 30)),
             seed=int(raw.get("seed", 0)),
             size=int(raw.get("size", 64)),
+            resample=bool(raw.get("resample", False)),
         )
     roots = _as_tuple(raw.get("root"))
     if not roots:
@@ -406,16 +425,26 @@ def _parse_protocols(path: Path, raw: Any, classes: list[str]) -> dict[str, Prot
             test=test,
             order=known + rest,
             description=str(body.get("description", "")),
+            score=str(body.get("score", DEFAULT_SCORE)),
         )
     return protocols
 
 
-def _parse_overrides(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
+def _parse_overrides(path: Path, raw: Any, key: str = "overrides") -> dict[str, dict[str, Any]]:
     if raw is None:
         return {}
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise _fail(path, "overrides must map method names to hyper-parameter mappings")
+        raise _fail(path, f"{key} must map method names to hyper-parameter mappings")
     return {str(k): dict(v) for k, v in raw.items()}
+
+
+def _parse_grids(path: Path, raw: Any) -> dict[str, dict[str, list]]:
+    grids = _parse_overrides(path, raw, "grids")
+    for method, grid in grids.items():
+        bad = [k for k, v in grid.items() if not isinstance(v, list) or not v]
+        if bad:
+            raise _fail(path, f"grids.{method}: {bad} must be non-empty lists of values")
+    return grids
 
 
 _DIGEST_LENGTHS = {"md5": 32, "sha256": 64}
@@ -462,6 +491,12 @@ def parse_spec(path: Path) -> DatasetSpec:
     stray = sorted({str(d["domain"]) for d in download if d.get("domain") is not None} - set(domain_facts))
     if stray:
         raise _fail(path, f"download entries name unknown domain(s) {stray}")
+    validation = _as_tuple(raw.get("validation_domains"))
+    unknown = sorted(set(validation) - set(domain_facts))
+    if unknown:
+        raise _fail(path, f"validation_domains {unknown} are not domains of {name} ({sorted(domain_facts)})")
+    if len(validation) >= len(domain_facts):
+        raise _fail(path, "validation_domains leave no target domain")
     default = str(raw.get("default_protocol") or ("ueo" if "ueo" in protocols else next(iter(protocols))))
     if default not in protocols:
         raise _fail(path, f"default_protocol {default!r} is not one of {sorted(protocols)}")
@@ -478,4 +513,7 @@ def parse_spec(path: Path) -> DatasetSpec:
         get=str(raw.get("get") or "").strip(),
         download=download,
         overrides=_parse_overrides(path, raw.get("overrides")),
+        recipes=_parse_overrides(path, raw.get("recipes"), "recipes"),
+        validation_domains=validation,
+        grids=_parse_grids(path, raw.get("grids")),
     )

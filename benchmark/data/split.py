@@ -28,12 +28,19 @@ from benchmark.data.spec import DatasetSpec
 
 @dataclass
 class SplitPart:
-    """Images (N, 3, R, R) uint8, protocol labels (N,) int64, paths or ids, and pinned class indices."""
+    """Images (N, 3, R, R) uint8, protocol labels (N,) int64, paths or ids, and pinned class indices.
+
+    ``full`` (when loaded) holds the ``full`` view of the same images (the whole image, long side
+    R, see ``benchmark.data.images``) and ``sizes`` its valid (h, w) per image: what train
+    augmentations crop from.
+    """
 
     images: torch.Tensor
     labels: np.ndarray
     paths: list[str]
     classes: np.ndarray
+    full: torch.Tensor | None = None
+    sizes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,8 +58,17 @@ class Split:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _part(images: torch.Tensor, pinned: np.ndarray, paths: list[str], label_map: np.ndarray) -> SplitPart:
-    return SplitPart(images=images, labels=label_map[pinned], paths=paths, classes=pinned)
+@dataclass
+class ImageSet:
+    """One decoded image set: its views (``center``, optionally ``full`` with ``sizes``), labels, ids."""
+
+    images: torch.Tensor
+    pinned: np.ndarray
+    ids: list[str]
+    stem: str = ""
+    full: torch.Tensor | None = None
+    sizes: np.ndarray | None = None
+    full_stem: str = ""
 
 
 def _check_count(spec: DatasetSpec, domain: str, found: dict[str, int]) -> dict[str, int]:
@@ -68,12 +84,15 @@ def _check_count(spec: DatasetSpec, domain: str, found: dict[str, int]) -> dict[
     return expected
 
 
-def _select(images: torch.Tensor, pinned: np.ndarray, ids: list[str], classes: np.ndarray, label_map: np.ndarray,
-            folder: Path | None = None, stem: str = "") -> SplitPart:
-    """The rows of a decoded image set whose class is in ``classes`` (cached beside it when ``stem`` is set)."""
-    rows = np.isin(pinned, classes)
-    selected = select_rows(images, rows, folder, stem)
-    return _part(selected, pinned[rows], [i for i, keep in zip(ids, rows) if keep], label_map)
+def _select(source: ImageSet, classes: np.ndarray, label_map: np.ndarray, folder: Path | None = None) -> SplitPart:
+    """The rows of a decoded image set whose class is in ``classes`` (cached beside it when it has a stem)."""
+    rows = np.isin(source.pinned, classes)
+    part = SplitPart(images=select_rows(source.images, rows, folder, source.stem), labels=label_map[source.pinned[rows]],
+                     paths=[i for i, keep in zip(source.ids, rows) if keep], classes=source.pinned[rows])
+    if source.full is not None:
+        part.full = select_rows(source.full, rows, folder, source.full_stem)
+        part.sizes = source.sizes[rows]
+    return part
 
 
 def decode_domain(
@@ -83,12 +102,13 @@ def decode_domain(
     resolution: int,
     threads: int | None = None,
     cache: str | os.PathLike | bool | None = None,
-) -> tuple[DomainFiles, Path | None, dict[str, tuple[torch.Tensor, np.ndarray, list[str], str]]]:
+    full: bool = False,
+) -> tuple[DomainFiles, Path | None, dict[str, ImageSet]]:
     """Decode every image set of an on-disk domain (through the cache).
 
     Returns the located files, the cache folder (None: off) and per image set (``all``, or
-    ``adapt`` and ``test`` for split lists) the images, pinned labels, paths relative to the data
-    root and the cache entry's name stem.
+    ``adapt`` and ``test`` for split lists) an :class:`ImageSet` (with the ``full`` view too
+    when ``full``) whose ids are paths relative to the data root.
     """
     files = locate(spec, domain, data_root)
     folder = cache_dir(cache, files.data_root)
@@ -96,9 +116,14 @@ def decode_domain(
     label = f"{spec.name}-{spec.resolve_domain(domain)}-{digest(str(files.dataset_root))}"
     decoded = {}
     for set_name, fileset in sets.items():
-        images, stem = read_images_cached(fileset.paths, resolution, f"{label}-{set_name}", folder,
-                                          desc=f"{spec.name}/{domain} {set_name}", threads=threads)
-        decoded[set_name] = (images, fileset.labels, as_paths(fileset.paths, files.data_root), stem)
+        images, stem, _ = read_images_cached(fileset.paths, resolution, f"{label}-{set_name}", folder,
+                                             desc=f"{spec.name}/{domain} {set_name}", threads=threads)
+        entry = ImageSet(images, fileset.labels, as_paths(fileset.paths, files.data_root), stem)
+        if full:
+            entry.full, entry.full_stem, entry.sizes = read_images_cached(
+                fileset.paths, resolution, f"{label}-{set_name}", folder, desc=f"{spec.name}/{domain} {set_name} (full)",
+                threads=threads, view="full")
+        decoded[set_name] = entry
     return files, folder, decoded
 
 
@@ -111,6 +136,8 @@ def load_split(
     resolution: int = 224,
     threads: int | None = None,
     cache: str | os.PathLike | bool | None = None,
+    full: bool = False,
+    render_seed: int | None = None,
 ) -> Split:
     """Load the adapt and test sets of one domain under a protocol's setting.
 
@@ -120,7 +147,9 @@ def load_split(
     (see ``benchmark.data.cache``), False or ``"off"`` decodes without caching. Each domain's full
     image set is decoded once; adapt and test sets are row selections of it. Unknown names raise
     ``UnknownNameError`` listing the valid ones; missing or unreadable data raises ``DataError``
-    saying what was looked for and how to get it.
+    saying what was looked for and how to get it. ``full`` also loads the ``full`` view (what
+    train augmentations crop from). ``render_seed`` draws a generated data set's
+    images (default: its spec's seed; see ``benchmark.data.generated``).
     """
     spec = get_spec(name)
     proto = spec.protocol(protocol)
@@ -131,23 +160,23 @@ def load_split(
     extra: dict[str, Any] = {}
 
     if spec.layout.kind == "synthetic":
-        images, present, ids = render_domain(spec, domain, resolution)
+        images, present, ids, seed = render_domain(spec, domain, resolution, render_seed)
+        source = ImageSet(images, present, ids)
+        if full:  # generated images are square: the whole image is the centre crop
+            source.full, source.sizes = images, np.full((len(present), 2), resolution, dtype=np.int32)
         found = {"all": len(present)}
-        adapt, test = (_select(images, present, ids, wanted[p], label_map) for p in ("adapt", "test"))
+        adapt, test = (_select(source, wanted[p], label_map) for p in ("adapt", "test"))
         layout = spec.layout
         extra.update(generator=layout.generator, n_per_class=layout.n_per_class,
-                     generator_seed=layout.seed, generator_size=layout.size)
+                     generator_seed=seed, generator_size=layout.size)
     else:
-        files, folder, decoded = decode_domain(spec, domain, data_root, resolution, threads, cache)
+        files, folder, decoded = decode_domain(spec, domain, data_root, resolution, threads, cache, full)
         present = files.test.labels
         extra.update(data_root=str(files.data_root), sources=[str(s) for s in files.sources],
                      cache=folder and str(folder))
-        found = {set_name: len(images) for set_name, (images, *_) in decoded.items()}
-        parts = []
-        for part in ("adapt", "test"):
-            images, pinned, ids, stem = decoded["all" if files.transductive else part]
-            parts.append(_select(images, pinned, ids, wanted[part], label_map, folder, stem))
-        adapt, test = parts
+        found = {set_name: len(entry.images) for set_name, entry in decoded.items()}
+        adapt, test = (_select(decoded["all" if files.transductive else part], wanted[part], label_map, folder)
+                       for part in ("adapt", "test"))
 
     for label, part in (("adapt", adapt), ("test", test)):
         if len(part) == 0:

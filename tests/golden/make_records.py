@@ -7,8 +7,9 @@ Two groups of the embedded benchmark with synthetic predictions:
 - ``synthetic / opda``: zero_shot and ueo on photo and sketch, seeds 1-2 (two methods only).
 
 Predictions are drawn per method with a method- and domain-dependent accuracy and separation of
-known and unknown scores (rounded to create ties); metrics are computed from them with
-:func:`benchmark.metrics.open_set_metrics`, so they can be recomputed from ``preds.npz``.
+known and unknown scores (rounded to create ties), under two OOD scores: ``msp_cos`` (the
+headline) and ``msp`` (a noisier copy, for ``--score``); metrics are computed from them with
+:func:`benchmark.evaluate.score_predictions`, so they can be recomputed from ``preds.npz``.
 Usage: ``PYTHONPATH=. python tests/golden/make_records.py`` (then regenerate the expected outputs with
 ``CLIPBENCH_UPDATE_GOLDEN=1 pytest tests/test_report.py``).
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark import PROTOCOL_VERSION
-from benchmark.metrics import open_set_metrics
+from benchmark.evaluate import fit_thresholds, score_predictions
 from benchmark.records import PREDS, RESULT, spec_hash, write_json, write_npz
 
 ROOT = Path(__file__).parent / "runs"
@@ -35,7 +36,8 @@ def _predictions(rng: np.random.Generator, labels: np.ndarray, acc: float, sep: 
     correct = known & (rng.random(labels.size) < acc)
     pred = np.where(correct, labels, rng.integers(0, K, labels.size))
     score = np.round(rng.normal(0.0, 1.0, labels.size) + sep * known, 1)
-    return {"pred": pred.astype(np.int64), "score": score.astype(np.float32), "label": labels.astype(np.int64)}
+    noisy = np.round(score + rng.normal(0.0, 1.0, labels.size), 1)
+    return {"pred": pred.astype(np.int64), "score_msp_cos": score, "score_msp": noisy}
 
 
 def _record(method: str, setting: str, domain: str, seed: int, status: str = "done") -> None:
@@ -43,7 +45,8 @@ def _record(method: str, setting: str, domain: str, seed: int, status: str = "do
             "seed": seed, "model": "clipbench-tiny", "pretrained": "embedded", "hparams": {},
             "protocol_version": PROTOCOL_VERSION}
     h = spec_hash(spec)
-    rec = {"spec": spec, "hash": h, "status": status, "score": "msp"}
+    rec = {"spec": spec, "hash": h, "status": status, "headline_score": "msp_cos",
+           "regime": "none" if method == "zero_shot" else "transductive"}
     test_labels = np.repeat(np.arange(TOTAL), PER_CLASS)
     adapt_labels = np.repeat(np.array(ADAPT_CLASSES[setting]), PER_CLASS)
     rec["data"] = {"dataset": "synthetic", "domain": domain, "setting": setting, "protocol": "ueo", "num_known": K,
@@ -56,12 +59,15 @@ def _record(method: str, setting: str, domain: str, seed: int, status: str = "do
     # zero_shot is deterministic: the same predictions for every seed
     rng = np.random.default_rng([sum(map(ord, method)), sum(map(ord, domain)), 0 if method == "zero_shot" else seed,
                                  len(setting)])
-    arrays, metrics = {}, {}
+    arrays, metrics, parts = {}, {}, {}
     for part, labels in (("test", test_labels), ("adapt", adapt_labels)):
-        p = _predictions(rng, labels, acc + DOMAIN_SHIFT[domain], sep)
-        metrics[part] = open_set_metrics(p["pred"], p["label"], p["score"], K)
+        parts[part] = (_predictions(rng, labels, acc + DOMAIN_SHIFT[domain], sep), labels)
+    thresholds = fit_thresholds(parts["adapt"][0])
+    for part, (p, labels) in parts.items():
+        metrics[part] = score_predictions(p, labels, K, thresholds)
         arrays.update({f"{part}_{k}": v for k, v in p.items()})
-    rec["metrics"] = metrics
+        arrays[f"{part}_label"] = labels.astype(np.int64)
+    rec.update(metrics=metrics, scores=sorted(thresholds), rejection={"rule": "otsu", "thresholds": thresholds})
     if method != "zero_shot":
         start = 2.0 + rng.random()
         rec["history"] = [{"epoch": e + 1, "loss": round(start * 0.8 ** e, 4)} for e in range(3)]
