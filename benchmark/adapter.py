@@ -147,7 +147,8 @@ class Adapter:
                 f"method {self.name!r} needs a ViT image encoder (patch tokens); "
                 f"the model's image encoder is {type(model.visual).__name__}. Use e.g. --model ViT-B-16."
             )
-        self.precision = prec.effective_precision(self.hp["precision"], self.official_precision, model.device)
+        self.precision = prec.effective_precision(self.hp["precision"], self.official_precision, model.device,
+                                                  self.name)
         if self.precision == "fp16_weights":
             prec.to_fp16_weights(model.clip)
         for p in model.parameters():

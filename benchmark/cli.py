@@ -344,9 +344,9 @@ def _check_precision(specs: list, device: str) -> None:
     for spec in specs:
         cls = get_method(spec.method)
         try:
-            effective_precision(spec.hparams["precision"], cls.official_precision, device)
+            effective_precision(spec.hparams["precision"], cls.official_precision, device, spec.method)
         except PrecisionError as err:
-            raise UsageError(f"{spec.method}: {err}") from err
+            raise UsageError(str(err)) from err
 
 
 def summarize(records: list[dict], out: Path) -> str:

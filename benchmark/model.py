@@ -220,9 +220,14 @@ class ClipClassifier(nn.Module):
         return torch.stack(feats)
 
     def text_features(self) -> torch.Tensor:
-        """(K, D) normalised class text features: cached for fixed prompts, live for a learnable one."""
+        """(K, D) normalised float32 class text features: cached for fixed prompts, live for a learnable one.
+
+        Features are normalised and compared in float32 whatever the weights' type, so cosines,
+        logits and losses are float32 under ``fp16_weights`` too (OpenAI's code keeps them in fp16).
+        """
         if self.prompt is not None:
-            return F.normalize(self._encode_prompt_embeddings(self.prompt.embeddings(), self.prompt.tokens), dim=-1)
+            text = self._encode_prompt_embeddings(self.prompt.embeddings(), self.prompt.tokens)
+            return F.normalize(text.float(), dim=-1)
         if self._text_cache is None or self._text_cache.device != self.device:
             self._text_cache = self._fixed_text_features(self.templates)
         return self._text_cache

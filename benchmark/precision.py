@@ -33,7 +33,7 @@ class PrecisionError(ValueError):
     """A precision that cannot run on the chosen device."""
 
 
-def effective_precision(choice: str, official: str, device: torch.device | str) -> str:
+def effective_precision(choice: str, official: str, device: torch.device | str, method: str = "<method>") -> str:
     """The precision a run uses: ``fp32``, ``bf16``, ``fp16`` or ``fp16_weights``.
 
     ``official`` resolves to the method's ``official`` kind on a GPU and to ``fp32`` on a CPU
@@ -48,8 +48,8 @@ def effective_precision(choice: str, official: str, device: torch.device | str) 
         return official if cuda else "fp32"
     if choice != "fp32" and not cuda:
         raise PrecisionError(
-            f"precision={choice} needs a CUDA device; on a CPU only fp32 runs: use <method>.precision=fp32 "
-            "(or official, which is fp32 on a CPU) or --device cuda"
+            f"{method}.precision={choice} needs a CUDA device; on a CPU only fp32 runs: use --cfg-options "
+            f"{method}.precision=fp32 (or official, which is fp32 on a CPU), or --device cuda"
         )
     return choice
 

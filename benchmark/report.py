@@ -84,6 +84,8 @@ def _fmt_value(value: Any) -> str:
     """A hyper-parameter value as it is written on the command line (lists without spaces)."""
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_fmt_value(v) for v in value) + "]"
+    if isinstance(value, str) and (not value or " " in value):
+        return repr(value)
     return str(value)
 
 
