@@ -182,18 +182,18 @@ def test_profile_records_phases_and_throughput(tmp_path: Path):
 
 
 def test_paper_config_dry_run_lists_every_run_and_touches_nothing(tmp_path: Path, capsys):
-    """15 domains x 4 settings x 3 seeds x (6 methods on ViT-B-16 + 5 on RN50: MUST needs a ViT)."""
+    """15 domains x 4 settings x 3 seeds x (7 methods on ViT-B-16 + 6 on RN50: MUST needs a ViT)."""
     out = tmp_path / "out"
     code = main(["--config", str(REPO / "configs" / "ueo_paper.py"), "--dry-run", "--out", str(out),
                  "--data-root", str(tmp_path / "no_data")])
     text = capsys.readouterr().out
     assert code == 0
-    assert "dry run: 1980 runs" in text and "must on RN50" in text
+    assert "dry run: 2340 runs" in text and "must on RN50" in text
     assert "RN50/must" not in text and "ViT-B-16/must 180" in text
     assert not out.exists()
     assert main(["--config", str(REPO / "configs" / "ueo_paper.py"), "--dry-run", "--out", str(out),
                  "--seeds", "1", "--model", "ViT-B-16"]) == 0
-    assert "dry run: 360 runs" in capsys.readouterr().out
+    assert "dry run: 420 runs" in capsys.readouterr().out
 
 
 def test_config_with_an_unknown_key_is_a_usage_error(tmp_path: Path, capsys):
