@@ -367,9 +367,10 @@ class Adapter:
     def stream(self, data: UnlabeledData, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, Any]]:
         """Online and episodic regimes: one pass over ``data`` in ``order`` (default: its own), ``stream_step`` per batch.
 
-        Yields ``(index, predict-style output)`` per batch, ``index`` being positions in ``data``. The loss curve (``history``) gets
-        :data:`HISTORY_POINTS` points, each the mean of the ``last_loss`` values the steps since
-        the previous point left (``epoch`` = fraction of the stream seen).
+        Yields ``(index, predict-style output)`` per batch, ``index`` being positions in ``data``.
+        The curve (``history``) gets :data:`HISTORY_POINTS` points (``epoch`` = fraction of the
+        stream seen), each with the mean of the ``last_loss`` values the steps since the previous
+        point left and the method's ``stream_stats``.
         """
         size = self.stream_batch_size()
         n = len(data) if order is None else len(order)
@@ -386,12 +387,20 @@ class Adapter:
             prof.count("adapt", len(batch["index"]))
             if self.last_loss is not None:
                 window.append(float(self.last_loss))
-            if i in marks and window:
-                self.history.append({"epoch": round(i / total, 4), "loss": sum(window) / len(window)})
-                window = []
+            if i in marks:
+                entry = {"epoch": round(i / total, 4), **self.stream_stats()}
+                if window:
+                    entry["loss"] = sum(window) / len(window)
+                    window = []
+                if len(entry) > 1:
+                    self.history.append(entry)
             bar.update(len(batch["index"]))
             yield batch["index"], out
         bar.close()
+
+    def stream_stats(self) -> dict[str, float]:
+        """Quantities recorded along the stream besides the loss (e.g. TDA's cache sizes)."""
+        return {}
 
     def stream_views(self) -> dict[str, Augment]:
         """The views a stream batch holds (default: the test view only)."""

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-KINDS = ("none", "rrc", "crop", "randaugment")
+KINDS = ("none", "rrc", "crop", "randaugment", "augmix")
 """``none``: the test view (centre crop); ``rrc``: random resized crop (+ flip) of the whole image;
 ``crop``: resize the short side to R, then a random R x R crop (MUST's weak view); ``randaugment``:
-``rrc`` followed by timm's RandAugment (MUST's strong view)."""
+``rrc`` followed by timm's RandAugment (MUST's strong view); ``augmix``: ``rrc`` followed by
+TPT's AugMix (``benchmark.augmix``; TPT's and TDA's test views)."""
 
 
 @dataclass
@@ -36,6 +37,16 @@ class ImageBatch:
 
     def center_float(self) -> torch.Tensor:
         return self.center.float().div(255.0)
+
+    def select(self, rows) -> "ImageBatch":
+        """The images at ``rows`` (an index, slice or index tensor), every view alike."""
+        pick = lambda t: t[rows] if t is not None else None  # noqa: E731
+        return ImageBatch(pick(self.center), pick(self.full), pick(self.sizes))
+
+    def repeat(self, times: int) -> "ImageBatch":
+        """Each image ``times`` times in a row (``[a, a, b, b]``): the raw material of per-image views."""
+        rep = lambda t: t.repeat_interleave(times, dim=0) if t is not None else None  # noqa: E731
+        return ImageBatch(rep(self.center), rep(self.full), rep(self.sizes))
 
     def whole(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(float [0,1] whole-image view, (B, 2) valid heights and widths); the centre view if no full view."""
@@ -205,6 +216,10 @@ class Augment:
         flip = (torch.rand(n, generator=generator) < 0.5) if self.flip else None
         crops = crop_resample(images, boxes, out, flip.to(images.device) if flip is not None else None,
                               self.interpolation)
+        if self.kind == "augmix":
+            from benchmark.augmix import augmix
+
+            return augmix(crops, generator)
         if self.kind == "randaugment":
             ra = self.randaugment_transform(out)
             pil = [ra(im) for im in _pil_batch(crops)]

@@ -158,11 +158,16 @@ class PromptContext(nn.Module):
             self.register_buffer("token_embeds", embed(tokens.to(embed.weight.device)).float(), persistent=False)
         self.n_ctx = n_ctx
 
-    def embeddings(self) -> torch.Tensor:
-        """(K, L, D) prompt embeddings with the learnable context spliced in after SOS."""
+    def embeddings(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """(K, L, D) prompt embeddings with the shared context spliced in after SOS; for a batch of
+        contexts ``ctx`` of shape (B, n_ctx, D), the (B * K, L, D) embeddings of every pair."""
         k = self.token_embeds.shape[0]
-        ctx = self.ctx.unsqueeze(0).expand(k, -1, -1).to(self.token_embeds.dtype)
-        return torch.cat([self.token_embeds[:, :1], ctx, self.token_embeds[:, 1 + self.n_ctx :]], dim=1)
+        if ctx is None:
+            ctx = self.ctx.unsqueeze(0)
+        b = ctx.shape[0]
+        ctx = ctx.unsqueeze(1).expand(b, k, -1, -1).reshape(b * k, self.n_ctx, -1).to(self.token_embeds.dtype)
+        embeds = self.token_embeds.repeat(b, 1, 1)
+        return torch.cat([embeds[:, :1], ctx, embeds[:, 1 + self.n_ctx :]], dim=1)
 
 
 class ClipClassifier(nn.Module):
@@ -231,6 +236,16 @@ class ClipClassifier(nn.Module):
         if self._text_cache is None or self._text_cache.device != self.device:
             self._text_cache = self._fixed_text_features(self.templates)
         return self._text_cache
+
+    def text_features_for(self, ctx: torch.Tensor) -> torch.Tensor:
+        """(B, K, D) normalised text features of a batch of contexts (B, n_ctx, D): one text-encoder
+        pass for all B x K prompts (TPT tunes one context per test image this way)."""
+        if self.prompt is None:
+            raise ModelError("text_features_for needs a learnable prompt (enable_prompt_learning)")
+        b = ctx.shape[0]
+        tokens = self.prompt.tokens.repeat(b, 1)
+        text = self._encode_prompt_embeddings(self.prompt.embeddings(ctx), tokens)
+        return F.normalize(text.float(), dim=-1).view(b, self.num_classes, -1)
 
     def class_embeddings(self, templates: tuple[str, ...]) -> torch.Tensor:
         """(K, D) normalised text features for an arbitrary template set (e.g. to initialise a head)."""

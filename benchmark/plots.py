@@ -14,8 +14,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
 from benchmark.records import atomic_write  # noqa: E402
 from benchmark.tables import Cell  # noqa: E402
 
@@ -140,7 +138,8 @@ def tradeoff(points: list[tuple[str, str, Cell, Cell]], methods: list[str], titl
 def curves(histories: dict[str, list[list[dict[str, float]]]], methods: list[str], title: str,
            stem: Path) -> list[Path]:
     """One panel per recorded quantity (``loss`` first): per method, the mean over its runs at each
-    epoch, shaded +- one std where more than one run reached that epoch. Colours follow ``methods``."""
+    epoch (for online and episodic runs, each recorded fraction of the stream), shaded +- one std
+    where more than one run reached that point. Colours follow ``methods``."""
     col_of = colours(methods)
     keys = sorted({k for runs in histories.values() for h in runs for e in h for k, v in e.items()
                    if k != "epoch" and isinstance(v, (int, float))}, key=lambda k: (k != "loss", k))
@@ -153,7 +152,7 @@ def curves(histories: dict[str, list[list[dict[str, float]]]], methods: list[str
                 for i, e in enumerate(h):
                     v = e.get(key)
                     if isinstance(v, (int, float)) and math.isfinite(v):
-                        by_epoch.setdefault(int(e.get("epoch", i + 1)), []).append(float(v))
+                        by_epoch.setdefault(float(e.get("epoch", i + 1)), []).append(float(v))
             if not by_epoch:
                 continue
             ep = np.array(sorted(by_epoch))
@@ -161,8 +160,7 @@ def curves(histories: dict[str, list[list[dict[str, float]]]], methods: list[str
             std = np.array([np.std(by_epoch[e], ddof=1) if len(by_epoch[e]) > 1 else 0.0 for e in ep])
             ax.plot(ep, mean, "-o", ms=3, color=col_of[m], label=m)
             ax.fill_between(ep, mean - std, mean + std, color=col_of[m], alpha=0.15, lw=0)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch (online: fraction of the stream)")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)

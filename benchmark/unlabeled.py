@@ -17,8 +17,9 @@ class UnlabeledData:
     It holds no labels by construction: methods receive this object, the evaluator keeps the
     labels. ``images`` is the test view (uint8, model resolution); ``full`` and ``sizes`` (when
     given) the whole-image view that augmentations crop from. Batches are dicts
-    ``{"index": LongTensor, <view>: float [0,1] tensor, ...}`` on ``device``, one entry per
-    requested view (``images`` first; e.g. MUST adds ``images_strong``).
+    ``{"index": LongTensor, <view>: float [0,1] tensor, ..., "raw": ImageBatch}`` on ``device``,
+    one entry per requested view (``images`` first; e.g. MUST adds ``images_strong``) and the
+    raw uint8 views for methods that draw views of their own (TPT, TDA, ROSITA).
     """
 
     def __init__(self, images: torch.Tensor, device: torch.device | str = "cpu", seed: int = 0,
@@ -71,6 +72,7 @@ class UnlabeledData:
             batch = {"index": b.to(self.device)}
             for key, augment in views.items():
                 batch[key] = augment(raw, g)
+            batch["raw"] = raw
             yield batch
 
     def num_batches(self, batch_size: int, drop_last: bool = False, n: int | None = None) -> int:

@@ -102,7 +102,8 @@ def test_unlabeled_batches_carry_no_labels():
 
     data = UnlabeledData(torch.zeros(5, 3, 8, 8, dtype=torch.uint8))
     batch = next(data.batches(4, views={"images": Augment("none"), "images_strong": Augment("rrc")}))
-    assert set(batch) == {"index", "images", "images_strong"}
+    assert set(batch) == {"index", "images", "images_strong", "raw"}
+    assert set(vars(batch["raw"])) == {"center", "full", "sizes"}
     assert not any("label" in name for name in vars(data))
 
 

@@ -1,0 +1,163 @@
+"""TPT: test-time prompt tuning (Shu et al., NeurIPS 2022), episodic, batched over test images.
+
+Recipe (azshue/TPT ``tpt_classification.py`` and ``clip/custom_clip.py``; file and line of each
+value in ``docs/recipes.md``): for every test image, the original view (the test transform) and
+63 random resized crops + flips of the whole image (AugMix added for TPT's fine-grained data
+sets only; ``augmix``), the 10% of views with the lowest softmax entropy kept (6 of 64), the
+entropy of their averaged probabilities minimised over a 4-token context initialised from
+"a photo of a" by one AdamW step (lr 5e-3, weight decay 0.01, fresh optimiser state), the
+original view predicted with the tuned context, then context and optimiser reset.
+
+Episodes are independent, so ``batch_size`` test images are tuned at once: each image gets its
+own copy of the context in one (B, n_ctx, D) tensor, one text-encoder pass covers all B x K
+prompts, and AdamW (element-wise) on that tensor is B independent optimisers. The result equals
+tuning the images one after the other; the image encoder is frozen, so each view is encoded once.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from benchmark.adapter import Adapter
+from benchmark.augment import Augment
+from benchmark.losses import softmax_entropy
+from benchmark.model import LOGIT_SCALE
+from benchmark.registry import register_method
+
+
+def confident_views(logits: torch.Tensor, fraction: float) -> torch.Tensor:
+    """(B, k) indices of each image's ``k = int(V * fraction)`` lowest-entropy views of (B, V, K) logits.
+
+    TPT's ``select_confident_samples`` (tpt_classification.py:41-44): ascending entropy, the
+    first ``int(V * top)``; ties keep the lower view index.
+    """
+    k = max(1, int(logits.shape[1] * fraction))
+    entropy = softmax_entropy(logits.flatten(0, 1)).view(logits.shape[:2])
+    return entropy.argsort(dim=1, stable=True)[:, :k]
+
+
+def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(B,) entropy of the mean of the views' probabilities, ``H(mean_v softmax(z_v))``, of (B, V, K) logits.
+
+    TPT's ``avg_entropy`` (tpt_classification.py:46-51): ``log mean_v p_v`` as
+    ``logsumexp_v log_softmax(z_v) - log V``, clamped at the type's minimum, then ``-sum p log p``.
+    """
+    log_p = logits.float().log_softmax(dim=-1)
+    avg = torch.logsumexp(log_p, dim=1) - math.log(logits.shape[1])
+    avg = avg.clamp(min=torch.finfo(avg.dtype).min)
+    return -(avg * avg.exp()).sum(dim=-1)
+
+
+@register_method
+class TPT(Adapter):
+    """Episodic test-time prompt tuning of a shared context per test image.
+
+    Hyper-parameters besides the optimiser's: ``views`` (64: the original and 63 augmented),
+    ``selection`` (0.1: fraction of views kept), ``steps`` (1), ``n_ctx``/``ctx_init``,
+    ``augmix`` (False: TPT applies AugMix only to its fine-grained data sets, not to the
+    ImageNet variants this harness's domain shifts resemble), ``crop_scale``/``interpolation``
+    of the random resized crops (torchvision's defaults, which TPT keeps: 0.08-1, bilinear) and
+    ``batch_size`` (test images tuned at once: a speed knob that changes no result).
+    """
+
+    name = "tpt"
+    regimes = ("episodic",)
+    official_precision = "fp16"
+    """fp32 weights, the forward under CUDA autocast with a GradScaler (tpt_classification.py:62, 149)."""
+    defaults = {
+        "views": 64,
+        "selection": 0.1,
+        "steps": 1,
+        "optimizer": "adamw",
+        "lr": 5e-3,
+        "weight_decay": 0.01,
+        "n_ctx": 4,
+        "ctx_init": "a photo of a",
+        "augmix": False,
+        "augment": "rrc",
+        "crop_scale": [0.08, 1.0],
+        "interpolation": "bilinear",
+        "batch_size": 16,
+        "epochs": 1,
+    }
+
+    def configure(self) -> list[nn.Parameter]:
+        """Eval mode; the context is the tuned tensor (its per-image copies are what AdamW updates)."""
+        ctx = self.model.enable_prompt_learning(self.hp["n_ctx"], self.hp["ctx_init"] or None)
+        self.model.eval()
+        ctx.requires_grad_(True)
+        if self.hp["views"] < 1 or not 0 < self.hp["selection"] <= 1 or self.hp["steps"] < 1:
+            raise ValueError("tpt needs views >= 1, 0 < selection <= 1 and steps >= 1")
+        return [ctx]
+
+    def view_augment(self) -> Augment:
+        """The augmented views: a random resized crop + flip of the whole image, AugMix on top if ``augmix``."""
+        hp = self.hp
+        return Augment("augmix" if hp["augmix"] else "rrc", scale=tuple(hp["crop_scale"]),
+                       interpolation=hp["interpolation"], mean=self.model.mean.flatten().tolist())
+
+    def views(self) -> dict[str, Augment]:
+        return {"images": self.view_augment()}
+
+    def stream_views(self) -> dict[str, Augment]:
+        return {"images": Augment("none")}
+
+    @property
+    def needs_full(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def view_features(self, batch: dict) -> torch.Tensor:
+        """(B, V, D) features of every image's original view and ``views - 1`` augmented views.
+
+        Each image's views come from a generator seeded by the run seed and the image's position
+        in the stream, so they do not depend on which images share a batch.
+        """
+        original = self.model.image_features(batch["images"])
+        n_aug = self.hp["views"] - 1
+        if n_aug == 0:
+            return original.unsqueeze(1)
+        augment = self.view_augment()
+        raw = batch["raw"]
+        views = []
+        for row, index in enumerate(batch["index"].tolist()):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            views.append(augment(raw.select(slice(row, row + 1)).repeat(n_aug), g))
+        augmented = torch.cat(views)
+        feats = torch.cat([self.model.image_features(chunk) for chunk in augmented.split(256)])
+        return torch.cat([original.unsqueeze(1), feats.view(original.shape[0], n_aug, -1)], dim=1)
+
+    def tune(self, feats: torch.Tensor) -> torch.Tensor:
+        """Tune one context per image on its (B, V, D) view features; returns the tuned (B, n_ctx, D) contexts."""
+        hp = self.hp
+        start = self.model.prompt.ctx.detach()
+        ctx = start.unsqueeze(0).repeat(feats.shape[0], 1, 1).clone().requires_grad_(True)
+        optimizer = torch.optim.AdamW([ctx], lr=hp["lr"], weight_decay=hp["weight_decay"])
+        scaler = torch.amp.GradScaler(feats.device.type, init_scale=1000) if self.scaler is not None else None
+        keep = None
+        for _ in range(hp["steps"]):
+            with self.autocast():
+                logits = LOGIT_SCALE * torch.einsum("bvd,bkd->bvk", feats, self.model.text_features_for(ctx))
+            if keep is None:  # the views chosen at the first step are kept (tpt_classification.py:68-71)
+                keep = confident_views(logits.detach().float(), hp["selection"])
+            chosen = logits.gather(1, keep.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+            loss = marginal_entropy(chosen)
+            self.last_loss = float(loss.mean())
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss.sum()).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.sum().backward()
+                optimizer.step()
+        return ctx.detach()
+
+    def stream_step(self, batch: dict) -> torch.Tensor:
+        """Tune on every image's views, predict its original view with its tuned context; the model is untouched."""
+        feats = self.view_features(batch)
+        ctx = self.tune(feats)
+        with torch.no_grad():
+            return (LOGIT_SCALE * torch.einsum("bd,bkd->bk", feats[:, 0], self.model.text_features_for(ctx))).float()
