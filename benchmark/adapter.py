@@ -214,6 +214,10 @@ class Adapter:
         """The subset of the adapt set the loop iterates over (None = all; UPL's selection)."""
         return None
 
+    def drop_last(self, n: int) -> bool:
+        """Whether an epoch over ``n`` images drops its last incomplete batch (``drop_last``)."""
+        return self.hp["drop_last"]
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(N, K) logits on CLIP's scale (``100 cos``) of [0, 1] images; every OOD score is computed
@@ -335,7 +339,7 @@ class Adapter:
         self.before_adapt(data)
         indices = self.adapt_indices()
         n = len(data) if indices is None else len(indices)
-        per_epoch = data.num_batches(hp["batch_size"], hp["drop_last"], n)
+        per_epoch = data.num_batches(hp["batch_size"], self.drop_last(n), n)
         total = hp["epochs"] * per_epoch
         warmup = hp["warmup_epochs"] * per_epoch
         bar = tqdm(total=total, desc=f"{self.name}", leave=False, disable=None)
@@ -345,8 +349,10 @@ class Adapter:
         for epoch in range(hp["epochs"]):
             self.before_epoch(epoch, data)
             losses = []
-            batches = data.batches(hp["batch_size"], shuffle=True, views=views, drop_last=hp["drop_last"],
-                                   indices=self.adapt_indices(), generator=self.generator)
+            indices = self.adapt_indices()
+            batches = data.batches(hp["batch_size"], shuffle=True, views=views,
+                                   drop_last=self.drop_last(len(data) if indices is None else len(indices)),
+                                   indices=indices, generator=self.generator)
             while True:
                 with prof.phase("data"):
                     batch = next(batches, None)

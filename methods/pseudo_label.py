@@ -147,11 +147,16 @@ class PseudoLabel(Adapter):
             with torch.no_grad():
                 self.select(self.probabilities(data, self.model.text_features()))
         self._epoch, self._batch = epoch, 0
-        self._epoch_batches = data.num_batches(self.hp["batch_size"], self.hp["drop_last"], len(self.selected))
+        self._epoch_batches = data.num_batches(self.hp["batch_size"], self.drop_last(len(self.selected)), len(self.selected))
         self._selected_per_epoch.append(len(self.selected))
 
     def after_step(self) -> None:
         self._batch += 1
+
+    def drop_last(self, n: int) -> bool:
+        """Dassl drops the last incomplete batch only when the data hold a full one
+        (``drop_last=is_train and len(data_source) >= batch_size``, Dassl@pin data_manager.py:49)."""
+        return self.hp["drop_last"] and n >= self.hp["batch_size"]
 
     def lr_factor(self, step: int, total: int, warmup: int) -> float:
         """The base schedule measured in epochs of the current length.

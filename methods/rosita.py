@@ -99,7 +99,7 @@ class Rosita(Adapter):
         pos = F.normalize(torch.cat(positives).float(), dim=-1)
         neg = F.normalize(torch.cat(negatives).float(), dim=-1)
         top_pos, idx = (feature @ pos.t()).topk(self.hp["k_p"])
-        top_neg, _ = (feature @ neg.t()).topk(self.hp["k_n"])
+        top_neg, _ = (feature @ neg.t()).topk(min(self.hp["k_n"], len(neg)))  # ROSITA needs k_n <= bank size
         loss = -top_pos + torch.logsumexp(top_neg, dim=-1)
         if label is not None:
             loss = loss * ((pos[idx] @ text.t()).argmax(dim=-1) == label)

@@ -144,7 +144,7 @@ class TPT(Adapter):
                 keep = confident_views(logits.detach().float(), hp["selection"])
             chosen = logits.gather(1, keep.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
             loss = marginal_entropy(chosen)
-            self.last_loss = float(loss.mean())
+            self.last_loss = float(loss.detach().mean())
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss.sum()).backward()
