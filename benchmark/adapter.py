@@ -374,6 +374,7 @@ class Adapter:
         """Online and episodic regimes: one pass over ``data`` in ``order`` (default: its own), ``stream_step`` per batch.
 
         Yields ``(index, predict-style output)`` per batch, ``index`` being positions in ``data``.
+        Each image's views come from its own generator, so they do not depend on the batching.
         The curve (``history``) gets :data:`HISTORY_POINTS` points (``epoch`` = fraction of the
         stream seen), each with the mean of the ``last_loss`` values the steps since the previous
         point left and the method's ``stream_stats``.
@@ -386,7 +387,7 @@ class Adapter:
         marks = {max(1, round(total * (i + 1) / HISTORY_POINTS)) for i in range(HISTORY_POINTS)}
         prof = self.profiler
         for i, batch in enumerate(data.batches(size, shuffle=False, views=self.stream_views(), indices=order,
-                                               generator=self.generator), start=1):
+                                               image_seed=self.seed), start=1):
             self.last_loss = None
             with prof.phase("forward"), self.autocast():
                 out = self.stream_step(batch)

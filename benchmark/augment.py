@@ -56,10 +56,6 @@ class ImageBatch:
         return self.full.float().div(255.0), self.sizes.double()
 
 
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
-    return torch.empty(n, dtype=torch.float64).uniform_(lo, hi, generator=g)
-
-
 def rrc_boxes(sizes: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float],
               generator: torch.Generator, attempts: int = 10) -> torch.Tensor:
     """(B, 4) crop boxes ``(top, left, height, width)`` in pixels, torchvision's ``get_params`` batched.
@@ -67,30 +63,33 @@ def rrc_boxes(sizes: torch.Tensor, scale: tuple[float, float], ratio: tuple[floa
     Per image of valid size ``(h, w)``: up to ten tries of a target area ``h w U(scale)`` and a
     log-uniform aspect ratio in ``ratio``, ``cw = round(sqrt(area r))``, ``ch = round(sqrt(area / r))``;
     the first try that fits is placed uniformly at random; if none fits, the centre crop of the
-    whole image with its aspect ratio clamped to ``ratio``.
+    whole image with its aspect ratio clamped to ``ratio``. All tries are drawn at once (drawing
+    the unused ones too leaves the distribution of the accepted box unchanged).
     """
     n = sizes.shape[0]
-    h, w = sizes[:, 0].double(), sizes[:, 1].double()
-    box = torch.full((n, 4), -1.0, dtype=torch.float64)
-    done = torch.zeros(n, dtype=torch.bool)
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(attempts):
-        area = h * w * _uniform(n, scale[0], scale[1], generator)
-        r = torch.exp(_uniform(n, log_lo, log_hi, generator))
-        cw = torch.round(torch.sqrt(area * r))
-        ch = torch.round(torch.sqrt(area / r))
-        fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h) & ~done
-        top = torch.floor(torch.rand(n, generator=generator, dtype=torch.float64) * (h - ch + 1))
-        left = torch.floor(torch.rand(n, generator=generator, dtype=torch.float64) * (w - cw + 1))
-        box[fits] = torch.stack([top, left, ch, cw], dim=1)[fits]
-        done |= fits
-    if not done.all():
-        aspect = w / h
-        cw = torch.where(aspect < ratio[0], w, torch.where(aspect > ratio[1], torch.round(h * ratio[1]), w))
-        ch = torch.where(aspect < ratio[0], torch.round(w / ratio[0]), h)
-        fallback = torch.stack([torch.floor((h - ch) / 2), torch.floor((w - cw) / 2), ch, cw], dim=1)
-        box[~done] = fallback[~done]
-    return box
+    h, w = sizes[:, 0].double().unsqueeze(1), sizes[:, 1].double().unsqueeze(1)
+    u = torch.rand(4, n, attempts, generator=generator, dtype=torch.float64)
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * u[0])
+    r = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1])
+    cw = torch.round(torch.sqrt(area * r))
+    ch = torch.round(torch.sqrt(area / r))
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    top = torch.floor(u[2] * (h - ch + 1))
+    left = torch.floor(u[3] * (w - cw + 1))
+    first = fits.to(torch.int8).argmax(dim=1, keepdim=True)
+    tries = torch.stack([top, left, ch, cw], dim=2).gather(1, first.unsqueeze(2).expand(-1, -1, 4)).squeeze(1)
+    h, w = h.squeeze(1), w.squeeze(1)
+    aspect = w / h
+    fw = torch.where(aspect < ratio[0], w, torch.where(aspect > ratio[1], torch.round(h * ratio[1]), w))
+    fh = torch.where(aspect < ratio[0], torch.round(w / ratio[0]), h)
+    fallback = torch.stack([torch.floor((h - fh) / 2), torch.floor((w - fw) / 2), fh, fw], dim=1)
+    return torch.where(fits.any(dim=1, keepdim=True), tries, fallback)
+
+
+def image_generators(seed: int, index: torch.Tensor) -> list[torch.Generator]:
+    """One generator per image, seeded by ``seed`` and the image's position: views that do not
+    depend on how images are batched (online and episodic streams)."""
+    return [torch.Generator().manual_seed(seed * 1_000_003 + int(i)) for i in index.tolist()]
 
 
 def resize_crop_boxes(sizes: torch.Tensor, out: int, generator: torch.Generator) -> torch.Tensor:
@@ -203,10 +202,16 @@ class Augment:
             self._ra.append(rand_augment_transform(self.randaugment, hparams))
         return self._ra[0]
 
-    def __call__(self, batch: ImageBatch, generator: torch.Generator) -> torch.Tensor:
-        """The augmented float [0, 1] images (B, 3, R, R) of one batch."""
+    def __call__(self, batch: ImageBatch, generator: torch.Generator | list[torch.Generator]) -> torch.Tensor:
+        """The augmented float [0, 1] images (B, 3, R, R) of one batch.
+
+        ``generator`` may be a list with one generator per image: each image's view then depends
+        on its own generator only, not on which images share the batch.
+        """
         if self.kind == "none":
             return batch.center_float()
+        if isinstance(generator, (list, tuple)):
+            return torch.cat([self(batch.select(slice(i, i + 1)), g) for i, g in enumerate(generator)])
         images, sizes = batch.whole()
         out = batch.center.shape[-1]
         n = images.shape[0]

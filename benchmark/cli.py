@@ -108,6 +108,7 @@ def _launcher_cfg(args: argparse.Namespace) -> dict:
 
 def _add_report_options(p: argparse.ArgumentParser) -> None:
     """Options of the report (tables, statistics, plots) that every run and ``--report-only`` end with."""
+    from benchmark.metrics import METRIC_NAMES
     from benchmark.report import ALL_METRICS, DEFAULT_ALPHA, DEFAULT_BASELINE, DEFAULT_METRICS
 
     g = p.add_argument_group("report")
@@ -122,6 +123,14 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
                    help=f"significance level of the tests and the critical difference (default: {DEFAULT_ALPHA})")
     from benchmark.scores import score_names
 
+    from benchmark.selection import DEFAULT_METRIC, DEFAULT_RULE, RULES
+
+    g.add_argument("--selection", default=DEFAULT_RULE, metavar="RULE",
+                   help=f"how one hyper-parameter point per method is kept: {', '.join(RULES)} (default: "
+                        f"{DEFAULT_RULE}: every point is a row); validation_domain also runs the data set's "
+                        "validation domains; oracle is an upper bound")
+    g.add_argument("--selection-metric", default=DEFAULT_METRIC, choices=METRIC_NAMES, metavar="METRIC",
+                   help=f"metric the validation_domain and oracle rules maximise (default: {DEFAULT_METRIC})")
     g.add_argument("--score", default=None, metavar="NAME",
                    help="OOD score of AUROC, FPR95, AUPR, OSCR and the H-scores (default: each protocol's headline, "
                         f"msp_cos for ueo); registered: {', '.join(score_names())}, or a method's own recorded score")
@@ -133,8 +142,13 @@ def _report_options(args: argparse.Namespace) -> dict:
         raise UsageError(f"--bootstrap must be 0 (off) or a positive number of resamples, got {args.bootstrap}")
     if not 0.0 < args.alpha < 1.0:
         raise UsageError(f"--alpha must lie in (0, 1), got {args.alpha}")
+    from benchmark.selection import RULES
+
+    if args.selection not in RULES:
+        raise UsageError(f"unknown --selection {args.selection!r}; rules: {', '.join(RULES)}")
     return {"metrics": tuple(args.metrics), "baseline": args.baseline, "bootstrap": args.bootstrap,
-            "alpha": args.alpha, "score": args.score}
+            "alpha": args.alpha, "score": args.score, "selection": args.selection,
+            "selection_metric": args.selection_metric}
 
 
 def _list_registries() -> str:
@@ -309,7 +323,7 @@ def _run(args: argparse.Namespace) -> int:
             specs += build_sweep(SweepRequest(
                 methods=args.methods or method_names(), datasets=args.datasets, seeds=args.seeds,
                 model=model, pretrained=pretrained, protocol=args.protocol, domains=args.domains,
-                settings=args.settings, overrides=overrides,
+                settings=args.settings, overrides=overrides, with_validation=args.selection == "validation_domain",
             ), not_applicable)
     except (SweepError, HyperParameterError, ModelError, KeyError) as err:
         raise UsageError(err.args[0] if err.args else str(err)) from err

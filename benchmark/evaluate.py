@@ -35,6 +35,8 @@ class PredictionSink:
     def __init__(self, n: int, num_classes: int):
         self.n = n
         self.k = min(TOPK, num_classes)
+        self.probs = np.zeros((n, num_classes), dtype=np.float32)
+        """``softmax(logits)`` of every sample, kept in memory for label-free criteria (not saved)."""
         self.arrays: dict[str, np.ndarray] = {
             "pred": np.empty(n, dtype=np.int64),
             "topk_idx": np.empty((n, self.k), dtype=np.int32),
@@ -46,6 +48,7 @@ class PredictionSink:
         """Store the predictions of the samples at ``index`` (positions in the evaluated set)."""
         idx = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, dtype=np.int64)
         logits = logits.detach().float().cpu()
+        self.probs[idx] = logits.softmax(dim=-1).numpy()
         v, i = logits.topk(self.k, dim=-1)
         self.arrays["pred"][idx] = i[:, 0].numpy()
         self.arrays["topk_idx"][idx] = i.numpy()
@@ -69,8 +72,8 @@ class PredictionSink:
 @torch.no_grad()
 def predict_set(
     adapter, images: torch.Tensor, seed: int = 0, batch_size: int = EVAL_BATCH, features: torch.Tensor | None = None,
-) -> dict[str, np.ndarray]:
-    """Predictions of ``adapter`` on uint8 ``images``: ``pred``, ``topk_*`` and ``score_<name>`` per score.
+) -> PredictionSink:
+    """Predictions of ``adapter`` on uint8 ``images`` in a sink: ``pred``, ``topk_*``, ``score_<name>``, probabilities.
 
     With ``features`` (the frozen image features of ``images``, for a method that adapts nothing
     and has ``predict_features``) the encoder is skipped: that is the feature cache's fast path.
@@ -89,7 +92,7 @@ def predict_set(
                 out = adapter.predict(x)
         logits, extra = as_prediction(out)
         sink.add(idx, logits, extra)
-    return sink.result()
+    return sink
 
 
 def score_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -134,7 +134,7 @@ def records_frame(records: list[dict[str, Any]], score: str | None = None) -> pd
             "setting": spec.get("setting"),
             "domain": spec.get("domain"),
             "seed": spec.get("seed"),
-            "method": method_label(spec.get("method", "?"), hparams, spec.get("dataset")),
+            "method": rec.get("_label") or method_label(spec.get("method", "?"), hparams, spec.get("dataset")),
             "name": spec.get("method", "?"),
             "model": spec.get("model"),
             "pretrained": spec.get("pretrained"),
@@ -228,6 +228,8 @@ class Group:
     grids: dict[str, dict[str, dict[str, Cell]]] = field(default_factory=dict)
     tests: dict[str, list[TestRow]] = field(default_factory=dict)
     ranks: dict[str, Ranking | None] = field(default_factory=dict)
+    selection: Any = None
+    """The ``benchmark.selection.Selection`` the records went through (None: no selection step)."""
 
     @property
     def title(self) -> str:
@@ -395,7 +397,7 @@ def _load_preds(run_dir: str | None, part: str, score: str | None) -> dict[str, 
 
 
 def analyse(df: pd.DataFrame, metrics: tuple[str, ...] = DEFAULT_METRICS, baseline: str = DEFAULT_BASELINE,
-            alpha: float = DEFAULT_ALPHA, bootstrap: int = 0) -> list[Group]:
+            alpha: float = DEFAULT_ALPHA, bootstrap: int = 0, selection: Any = None) -> list[Group]:
     """Cells, paired tests, ranks (and bootstrap intervals when ``bootstrap > 0``) of every group."""
     stat_metrics = list(dict.fromkeys([*metrics, *SUMMARY_METRICS]))
     groups = []
@@ -405,7 +407,7 @@ def analyse(df: pd.DataFrame, metrics: tuple[str, ...] = DEFAULT_METRICS, baseli
         base = baseline if baseline in labels else next((m for m in labels if names[m] == baseline), None)
         methods = ([base] if base else []) + [m for m in labels if m != base]
         domains, seeds = _axes(frame)
-        g = Group(tuple(key), frame, methods, domains, seeds, base)
+        g = Group(tuple(key), frame, methods, domains, seeds, base, selection=selection)
         for m in stat_metrics:
             g.grids[m] = _grid(g, m)
             g.tests[m] = _tests(g, m, alpha)
@@ -425,6 +427,8 @@ def _caption(g: Group, metric: str, baseline: str | None, alpha: float) -> str:
     text = (f"{g.title}: {metric} (%), mean ± sample std over {g.seeds_text()}; avg: mean over the "
             f"{n_dom} within each seed, then over seeds. Bold: best per column ({direction}). "
             f"{g.score_text()} {g.regime_text()}")
+    if g.selection is not None:
+        text += " " + g.selection.caption(g.key[1])
     if baseline:
         text += (f" {MARK_BETTER}/{MARK_WORSE} on avg: significantly better/worse than {baseline} (paired Wilcoxon "
                  f"over (domain, seed), Holm across methods, p < {alpha:g}).")
@@ -562,6 +566,7 @@ def leaderboard_markdown(groups: list[Group], df: pd.DataFrame, metrics: tuple[s
         lines += [f"## {g.title}", "",
                   f"Summary: {len(g.domains)} domains ({', '.join(g.domains)}), {g.seeds_text()}. Each metric: "
                   f"mean ± std over seeds of the average over domains.", "", _summary_markdown(g), ""]
+        lines += _selection_markdown(g)
         lines += _per_metric_markdown(g, metrics, alpha, bootstrap)
         lines += [f"### Significance against {g.baseline or baseline}", ""]
         lines += _tests_markdown(g, list(g.tests), alpha)
@@ -571,6 +576,25 @@ def leaderboard_markdown(groups: list[Group], df: pd.DataFrame, metrics: tuple[s
             lines += ["### Published numbers", "", *pub]
         lines += _problems_markdown(g)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _selection_markdown(g: Group) -> list[str]:
+    """The points a selection rule kept for this group, with their values, and the points it skipped."""
+    from benchmark.selection import describe_pick
+
+    sel = g.selection
+    if sel is None or sel.rule == "fixed":
+        return []
+    rows = [[p.method, p.domain, describe_pick(p), fmt_num(p.value, 3), p.candidates, p.basis]
+            for p in sel.picks if tuple(p.group[:5]) == tuple(g.key)]
+    lines = ["### Hyper-parameter selection", "", sel.caption(g.key[1]), ""]
+    if rows:
+        lines += [tabulate(rows, headers=["method", "domain", "selected (departures)", "value", "points", "judged on"],
+                           tablefmt="github", disable_numparse=True), ""]
+    skipped = [s for s in sel.skipped if f" in {g.key[1]}/{g.key[2]}:" in s]
+    if skipped:
+        lines += ["Skipped:", "", *[f"- {s}" for s in skipped], ""]
+    return lines
 
 
 def _csv_text(frame: pd.DataFrame) -> str:
@@ -684,14 +708,16 @@ def report_markdown(groups: list[Group], out: Path, tables: dict[str, list[Path]
 
 def write_report(out: Path, metrics: tuple[str, ...] | list[str] = DEFAULT_METRICS,
                  baseline: str = DEFAULT_BASELINE, alpha: float = DEFAULT_ALPHA, bootstrap: int = 0,
-                 plots: bool = True, reported: list[Path] | None = None, score: str | None = None) -> pd.DataFrame:
+                 plots: bool = True, reported: list[Path] | None = None, score: str | None = None,
+                 selection: str = "fixed", selection_metric: str = "hm_accpc_auroc") -> pd.DataFrame:
     """Rebuild the leaderboard, tables, plots and report page under ``out`` from its records.
 
     ``metrics``: per-domain tables, ranks and plots (any of :data:`ALL_METRICS`); ``baseline``: the
     method the paired tests compare against; ``bootstrap``: number of resamples of the test samples
     for 95% intervals (0 = off); ``reported``: published-number files (default: every
     ``datasets/*/reported.csv``); ``score``: the OOD score of the score-dependent metrics (default:
-    each record's headline score). Returns the leaderboard frame.
+    each record's headline score); ``selection``: the rule that picks one hyper-parameter point per
+    method (``benchmark.selection``) by ``selection_metric``. Returns the leaderboard frame.
     """
     out = Path(out)
     metrics = tuple(metrics)
@@ -705,10 +731,15 @@ def write_report(out: Path, metrics: tuple[str, ...] | list[str] = DEFAULT_METRI
         available = sorted({n for r in records for n in r.get("scores") or []})
         if score not in available:
             raise ValueError(f"no record has the OOD score {score!r}; recorded scores: {', '.join(available) or 'none'}")
+    from benchmark.selection import select
+
+    records, chosen = select(records, selection, selection_metric, score)
+    if not records:
+        raise FileNotFoundError(f"no run records of a target domain under {out / 'runs'}")
     df = records_frame(records, score)
     sources = reported_files() if reported is None else list(reported)
     published = load_reported(sources)
-    groups = analyse(df, metrics, baseline, alpha, bootstrap)
+    groups = analyse(df, metrics, baseline, alpha, bootstrap, chosen)
     board = leaderboard(df)
     with report_lock(out):
         atomic_write(out / "leaderboard.csv", _csv_text(board))

@@ -218,14 +218,16 @@ def execute(
         return rec if rec is not None else _compute(spec, run_dir, out, data_root, device, profile, feature_cache)
 
 
-def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tuple[dict, dict, dict]:
-    """Predictions, metrics (under every score) and the rejection thresholds of one adapted method.
+def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tuple[dict, dict, dict, dict]:
+    """Predictions, metrics (under every score), rejection thresholds and label-free criteria of one run.
 
     Transductive (and zero-shot) runs predict the test set after ``adapt`` and fit each score's
-    label-free rejection threshold on the adapt set's scores; online and episodic runs take the
-    predictions made along the test stream (in the cell's seeded order) and fit it on them.
+    label-free rejection threshold, and the ``unsupervised`` selection criterion, on the adapt
+    set's predictions; online and episodic runs take the predictions made along the test stream
+    (in the cell's seeded order) and fit both on them.
     """
     from benchmark.evaluate import PredictionSink, as_prediction, fit_thresholds, predict_set, score_predictions
+    from benchmark.selection import LABEL_FREE, infomax_criterion
 
     num_known = split.num_known
     arrays: dict[str, np.ndarray] = {}
@@ -240,16 +242,22 @@ def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tupl
             sink.add(index, *as_prediction(out))
         test = sink.result()
         thresholds = fit_thresholds(test)
+        label_free = {LABEL_FREE: infomax_criterion(sink.probs)}
         parts.append(("test", test, split.test.labels))
         arrays["test_order"] = order.numpy()
     else:
         frozen = (frozen_image_features(model, split.test.images)
                   if feature_cache and not adapter.adapts and hasattr(adapter, "predict_features") else None)
-        test = predict_set(adapter, split.test.images, seed=spec.data_seed, features=frozen)
+        test_sink = predict_set(adapter, split.test.images, seed=spec.data_seed, features=frozen)
+        test = test_sink.result()
         rows = adapt_rows_in_test(split)
-        adapt = (predict_set(adapter, split.adapt.images, seed=spec.data_seed) if rows is None
-                 else {k: v[rows] for k, v in test.items()})
+        if rows is None:
+            adapt_sink = predict_set(adapter, split.adapt.images, seed=spec.data_seed)
+            adapt, adapt_probs = adapt_sink.result(), adapt_sink.probs
+        else:
+            adapt, adapt_probs = {k: v[rows] for k, v in test.items()}, test_sink.probs[rows]
         thresholds = fit_thresholds(adapt)
+        label_free = {LABEL_FREE: infomax_criterion(adapt_probs)}
         parts += [("test", test, split.test.labels), ("adapt", adapt, split.adapt.labels)]
         if adapter.online_predictions:
             sink = PredictionSink(len(split.adapt.labels), model.num_classes)
@@ -260,7 +268,7 @@ def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tupl
         metrics["adapt_online" if part == "online" else part] = score_predictions(p, labels, num_known, thresholds)
         arrays.update({f"{part}_{k}": v for k, v in p.items()})
         arrays[f"{part}_label"] = labels
-    return arrays, metrics, thresholds
+    return arrays, metrics, thresholds, label_free
 
 
 def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, device: str,
@@ -304,7 +312,7 @@ def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, dev
         timings["adapt"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        arrays, metrics, thresholds = _evaluate(spec, adapter, split, model, feature_cache)
+        arrays, metrics, thresholds, label_free = _evaluate(spec, adapter, split, model, feature_cache)
         timings["evaluate"] = time.perf_counter() - t
         if adapter.regime in ("online", "episodic"):
             timings["adapt"] = timings.pop("evaluate")
@@ -321,6 +329,7 @@ def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, dev
         write_npz(run_dir / PREDS, arrays)
         record.update(status="done", hparams=hparams, metrics=metrics, execution=adapter.describe(),
                       scores=sorted(thresholds), rejection={"rule": REJECTION_RULE, "thresholds": thresholds},
+                      label_free=label_free,
                       history=adapter.history, num_trainable=sum(p.numel() for p in adapter.trainable_parameters()))
     except Exception as err:  # a failed run is recorded, never lost; the sweep goes on
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from benchmark.augment import Augment, ImageBatch
+from benchmark.augment import Augment, ImageBatch, image_generators
 
 NO_AUGMENT = Augment("none")
 
@@ -52,11 +52,13 @@ class UnlabeledData:
         drop_last: bool = False,
         indices: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        image_seed: int | None = None,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Yield batches over all images (or ``indices``), optionally shuffled, one entry per view.
 
         ``views`` maps batch keys to augmentations (default: ``{"images": none}``); all draw from
-        ``generator`` (default: this data's own seeded generator).
+        ``generator`` (default: this data's own seeded generator), or with ``image_seed`` each
+        image's views from its own generator (seeded by ``image_seed`` and its position).
         """
         views = views or {"images": NO_AUGMENT}
         g = generator or self.generator
@@ -70,8 +72,9 @@ class UnlabeledData:
                 break
             raw = self.image_batch(b)
             batch = {"index": b.to(self.device)}
+            draw = g if image_seed is None else image_generators(image_seed, b)
             for key, augment in views.items():
-                batch[key] = augment(raw, g)
+                batch[key] = augment(raw, draw)
             batch["raw"] = raw
             yield batch
 

@@ -58,9 +58,9 @@ def run(split, fp16: bool, epochs: int, lr: float, seed: int) -> dict:
     first = float((ctx.detach().float() != start).float().mean())
     ueo.adapt(data)
     moved = ctx.detach().float()
-    preds = predict_set(ueo, split.test.images, seed=seed)
-    adapt_rows = {k: v[: len(split.adapt.labels)] for k, v in predict_set(ueo, split.adapt.images, seed=seed).items()}
-    metrics = score_predictions(preds, split.test.labels, split.num_known, fit_thresholds(adapt_rows))
+    preds = predict_set(ueo, split.test.images, seed=seed).result()
+    adapt = predict_set(ueo, split.adapt.images, seed=seed).result()
+    metrics = score_predictions(preds, split.test.labels, split.num_known, fit_thresholds(adapt))
     return {"below_half_ulp": below, "changed_first_step": first,
             "changed_after": float((moved != start).float().mean()),
             "relative_change": float((moved - start).norm() / start.norm()),

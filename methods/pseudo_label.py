@@ -15,6 +15,13 @@ value in ``docs/recipes.md``):
 - the released UPL tests an ensemble of 16 prompts trained with seeds 1-16, averaging their
   raw logits (``upl_test.py:148-161``): ``pseudo_label_ensemble``; ``pseudo_label`` is the single
   prompt.
+
+The members of an ensemble train in lockstep: their contexts are one (M, n_ctx, D) tensor, one
+text-encoder pass covers all M x K prompts, each member draws its own initialisation, batch order
+and crops, and SGD (element-wise) on that tensor is M independent optimisers; so the result is
+that of training them one after the other. The image encoder is frozen, so ``view_pool`` > 0
+precomputes that many random crops of every selected image and draws each step's views from
+them (a speed option; 0, the default, crops afresh every step as UPL does).
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import hashlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from benchmark.adapter import Adapter
 from benchmark.features import frozen_image_features
@@ -49,12 +57,14 @@ class PseudoLabel(Adapter):
         num_per_class: images kept per class by the ``topk`` selection (UPL's 16 "shots").
         selection: ``topk`` (UPL, fixed before training) or ``threshold`` (self-training: every
             image with MSP > ``threshold``; zero-shot labels first, then refreshed from the
-            current model at the start of every epoch after the first full-lr one).
+            current prompt at the start of every epoch after the first full-lr one; one prompt).
         threshold: MSP threshold of the ``threshold`` selection; 0.9 is UPL's
             ``DATASET.CONF_THRESHOLD`` default for its confidence-based selection.
-        ensemble: number of prompt contexts trained one after the other from seeds derived from
-            the run seed; prediction averages their logits (the released UPL averages the raw
-            logits of 16 seeds, ``pseudo_label_ensemble``). 1 = no ensemble.
+        ensemble: number of prompt contexts, each from its own seed derived from the run seed;
+            prediction averages their logits (the released UPL averages the raw logits of 16
+            seeds, ``pseudo_label_ensemble``). 1 = one prompt.
+        view_pool: 0 (fresh random crops every step) or the number of crops per selected image
+            precomputed once and drawn from (the frozen image encoder then runs only on them).
     """
 
     name = "pseudo_label"
@@ -81,6 +91,7 @@ class PseudoLabel(Adapter):
         "selection": "topk",
         "threshold": 0.9,
         "ensemble": 1,
+        "view_pool": 0,
     }
     choices = {**Adapter.choices, "selection": ("topk", "threshold")}
 
@@ -92,16 +103,25 @@ class PseudoLabel(Adapter):
     """(N,) pseudo-label of every adapt image; -1 where it is not selected."""
     member_text: torch.Tensor | None = None
     """(M, K, D) normalised class text features of the M trained contexts, set by ``adapt``."""
-    _epoch, _batch, _epoch_batches = 0, 0, 0
 
     def configure(self) -> list[nn.Parameter]:
-        """Everything frozen and in eval mode except the randomly initialised prompt context."""
-        if self.hp["ensemble"] < 1:
-            raise ValueError(f"pseudo_label.ensemble must be >= 1, got {self.hp['ensemble']}")
+        """Everything frozen and in eval mode except the members' randomly initialised contexts."""
+        hp = self.hp
+        if hp["ensemble"] < 1:
+            raise ValueError(f"pseudo_label.ensemble must be >= 1, got {hp['ensemble']}")
+        if hp["selection"] == "threshold" and hp["ensemble"] > 1:
+            raise ValueError("pseudo_label.selection=threshold refreshes the labels from one prompt: use ensemble=1")
+        if hp["view_pool"] < 0:
+            raise ValueError(f"pseudo_label.view_pool must be >= 0, got {hp['view_pool']}")
         self.model.eval()
-        ctx = self.model.enable_prompt_learning(self.hp["n_ctx"], init=None)
-        ctx.requires_grad_(True)
-        return [ctx]
+        ctx = self.model.enable_prompt_learning(hp["n_ctx"], init=None)
+        ctx.requires_grad_(False)  # holds the first member's context after training
+        inits = []
+        for m in range(hp["ensemble"]):
+            g = torch.Generator().manual_seed(member_seed(self.seed, m))
+            inits.append(torch.randn(ctx.shape, generator=g) * CTX_INIT_STD)
+        self.contexts = nn.Parameter(torch.stack(inits).to(ctx.device, ctx.dtype))
+        return [self.contexts]
 
     @torch.no_grad()
     def probabilities(self, data: UnlabeledData, text: torch.Tensor) -> torch.Tensor:
@@ -134,10 +154,9 @@ class PseudoLabel(Adapter):
                 f"pseudo_label: no adapt image has a zero-shot MSP above threshold={self.hp['threshold']}; "
                 "lower pseudo_label.threshold or use selection=topk"
             )
-        self._selected_per_epoch: list[int] = []
 
-    def before_epoch(self, epoch: int, data: UnlabeledData) -> None:
-        """Threshold selection: refresh the pseudo-labels from the current model.
+    def refresh(self, epoch: int, data: UnlabeledData) -> None:
+        """Threshold selection: refresh the pseudo-labels from the current prompt.
 
         The first refresh comes after the first epoch at the full learning rate (epoch
         ``warmup_epochs + 1``): before that the context is still near its random initialisation
@@ -145,79 +164,106 @@ class PseudoLabel(Adapter):
         """
         if self.hp["selection"] == "threshold" and epoch > self.hp["warmup_epochs"]:
             with torch.no_grad():
-                self.select(self.probabilities(data, self.model.text_features()))
-        self._epoch, self._batch = epoch, 0
-        self._epoch_batches = data.num_batches(self.hp["batch_size"], self.drop_last(len(self.selected)), len(self.selected))
-        self._selected_per_epoch.append(len(self.selected))
-
-    def after_step(self) -> None:
-        self._batch += 1
+                self.select(self.probabilities(data, self.model.text_features_for(self.contexts)[0]))
 
     def drop_last(self, n: int) -> bool:
         """Dassl drops the last incomplete batch only when the data hold a full one
         (``drop_last=is_train and len(data_source) >= batch_size``, Dassl@pin data_manager.py:49)."""
         return self.hp["drop_last"] and n >= self.hp["batch_size"]
 
-    def lr_factor(self, step: int, total: int, warmup: int) -> float:
-        """The base schedule measured in epochs of the current length.
-
-        With ``topk`` every epoch has the same number of batches and this equals the base
-        schedule; with ``threshold`` the epoch length changes at every refresh, so the position
-        is ``epoch + batch / batches_this_epoch`` epochs out of ``epochs``.
-        """
-        per_epoch = max(self._epoch_batches, 1)
-        position = self._epoch * per_epoch + self._batch
-        return super().lr_factor(position, self.hp["epochs"] * per_epoch, self.hp["warmup_epochs"] * per_epoch)
-
     def adapt_indices(self) -> torch.Tensor | None:
-        """Only the selected images are iterated over."""
+        """Only the selected images are trained on."""
         return self.selected
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cross-entropy of the ``100 cos`` logits against the images' pseudo-labels."""
-        if self.labels is None:
-            raise RuntimeError("pseudo_label: pseudo-labels are selected in before_adapt(); call adapt()")
-        return F.cross_entropy(self.model(batch["images"]).float(), self.labels[batch["index"]])
+    @torch.no_grad()
+    def view_pool(self, data: UnlabeledData) -> torch.Tensor:
+        """(P, S, D) features of ``view_pool`` random crops of each of the S selected images."""
+        views = self.views()["images"]
+        pool = []
+        for _ in range(self.hp["view_pool"]):
+            feats = [self.model.image_features(views(data.image_batch(rows), self.generator))
+                     for rows in self.selected.split(256)]
+            pool.append(torch.cat(feats))
+        return torch.stack(pool)
 
-    def restart_member(self, member: int) -> None:
-        """Fresh N(0, 0.02) context from ``member_seed`` and a fresh optimiser for the next member."""
-        ctx = self.model.prompt.ctx
-        g = torch.Generator().manual_seed(member_seed(self.seed, member))
-        with torch.no_grad():
-            ctx.copy_(torch.randn(ctx.shape, generator=g) * CTX_INIT_STD)
-        self.optimizer.load_state_dict(self._initial_state["optimizer"])
+    @torch.no_grad()
+    def batch_features(self, data: UnlabeledData, rows: torch.Tensor, pool: torch.Tensor | None,
+                       generators: list[torch.Generator]) -> torch.Tensor:
+        """(M, B, D) frozen features of each member's batch: fresh crops, or crops drawn from the pool.
+
+        ``rows`` (M, B) are positions in ``selected``; member ``m`` draws with ``generators[m]``.
+        """
+        if pool is not None:
+            pick = torch.stack([torch.randint(pool.shape[0], (rows.shape[1],), generator=g) for g in generators])
+            return pool[pick.to(pool.device), rows.to(pool.device)]
+        views = self.views()["images"]
+        feats = [self.model.image_features(views(data.image_batch(self.selected[r]), g)) for r, g in zip(rows, generators)]
+        return torch.stack(feats)
 
     def adapt(self, data: UnlabeledData) -> None:
-        """Train ``ensemble`` contexts in turn (the default loop each), then fix their text features.
+        """Train every member's context on its pseudo-labelled batches, in lockstep, then fix their text features.
 
-        History entries get ``selected`` (training images that epoch) and, for ensembles, ``member``.
+        History entries get the loss averaged over members and ``selected`` (training images that epoch).
         """
-        self.zero_shot_probs = None
-        members = []
-        for m in range(self.hp["ensemble"]):
-            if m > 0:
-                self.restart_member(m)
-            start = len(self.history)
-            super().adapt(data)
-            for entry, n in zip(self.history[start:], self._selected_per_epoch):
-                entry["selected"] = n
-                if self.hp["ensemble"] > 1:
-                    entry["member"] = m
-            with torch.no_grad():
-                members.append(self.model.text_features().float())
-        self.member_text = torch.stack(members)
+        hp = self.hp
+        self.before_adapt(data)
+        members = hp["ensemble"]
+        generators = [torch.Generator().manual_seed(member_seed(self.seed, m) + 1) for m in range(members)]
+        pool = self.view_pool(data) if hp["view_pool"] > 0 and hp["selection"] == "topk" else None
+        per_epoch = data.num_batches(hp["batch_size"], self.drop_last(len(self.selected)), len(self.selected))
+        total = hp["epochs"] * per_epoch
+        bar = tqdm(total=total, desc=self.name, leave=False, disable=None)
+        it = 0
+        for epoch in range(hp["epochs"]):
+            self.refresh(epoch, data)
+            n = len(self.selected)
+            batches = data.num_batches(hp["batch_size"], self.drop_last(n), n)
+            orders = torch.stack([torch.randperm(n, generator=g) for g in generators])
+            losses = []
+            for b in range(batches):
+                rows = orders[:, b * hp["batch_size"] : (b + 1) * hp["batch_size"]]
+                step = epoch * per_epoch + min(b, max(per_epoch - 1, 0))
+                self.set_lr(step, hp["epochs"] * per_epoch, hp["warmup_epochs"] * per_epoch)
+                feats = self.batch_features(data, rows, pool, generators)
+                targets = self.labels[self.selected[rows].to(self.labels.device)]
+                with self.autocast():
+                    logits = LOGIT_SCALE * torch.einsum("mbd,mkd->mbk", feats, self.model.text_features_for(self.contexts))
+                    loss = torch.stack([F.cross_entropy(logits[m].float(), targets[m]) for m in range(members)]).sum()
+                self.step(loss)
+                losses.append(loss.item() / members)
+                it += 1
+                bar.update(1)
+            self.history.append({"epoch": epoch + 1, "loss": float(sum(losses) / max(len(losses), 1)), "selected": n})
+        bar.close()
+        with torch.no_grad():
+            self.member_text = self.model.text_features_for(self.contexts).float()
+            self.model.prompt.ctx.copy_(self.contexts[0])
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of the ``100 cos`` logits of the first member's prompt against the pseudo-labels."""
+        if self.labels is None:
+            raise RuntimeError("pseudo_label: pseudo-labels are selected in before_adapt(); call adapt()")
+        text = self.model.text_features_for(self.contexts[:1])[0]
+        logits = LOGIT_SCALE * self.model.image_features(batch["images"]) @ text.t()
+        return F.cross_entropy(logits.float(), self.labels[batch["index"]])
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits averaged over the ensemble's contexts: ``mean_m 100 cos(f, t_m) = 100 f . mean_m t_m``."""
+        """Logits averaged over the members' contexts: ``mean_m 100 cos(f, t_m) = 100 f . mean_m t_m``."""
         if self.member_text is None:
             return super().predict(images)
         return (LOGIT_SCALE * self.model.image_features(images) @ self.member_text.mean(dim=0).t()).float()
 
     def reset(self) -> None:
-        """Restore the context and optimiser and forget the selection and the trained members."""
+        """Restore the contexts and optimiser and forget the selection and the trained members."""
         super().reset()
+        with torch.no_grad():
+            self.contexts.copy_(self._initial_contexts)
         self.zero_shot_probs = self.selected = self.labels = self.member_text = None
+
+    def _snapshot(self) -> dict:
+        self._initial_contexts = self.contexts.detach().clone()
+        return super()._snapshot()
 
 
 @register_method

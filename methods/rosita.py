@@ -31,6 +31,9 @@ from benchmark.known_split import grid_otsu
 from benchmark.model import LOGIT_SCALE
 from benchmark.registry import register_method
 
+STREAM_CHUNK = 32
+"""Test images per ``stream_step`` call (a speed knob: the result is the same one image at a time)."""
+
 
 @register_method
 class Rosita(Adapter):
@@ -105,12 +108,37 @@ class Rosita(Adapter):
             loss = loss * ((pos[idx] @ text.t()).argmax(dim=-1) == label)
         return loss.mean()
 
+    def stream_batch_size(self) -> int:
+        """Images handed to ``stream_step`` together; ROSITA still adapts on them one at a time, in order."""
+        return STREAM_CHUNK
+
+    def encode(self, views: torch.Tensor) -> torch.Tensor:
+        """Unnormalised image features of [0, 1] views (with gradients to the trained norms)."""
+        return self.model.clip.encode_image(self.model.normalize(views).to(self.model.input_dtype)).float()
+
     def stream_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One image: score, split, banks, loss and step, then the prediction of the updated model."""
-        hp = self.hp
+        """Adapt on each image in turn and predict it with the model its own update left.
+
+        Image ``i`` is predicted after its update, by the same model that then scores image
+        ``i + 1``, so one forward pass serves both (the prediction row is detached).
+        """
         text = self.model.text_features()
-        views = torch.cat([batch["images"], batch["images_aug"]])
-        raw = self.model.clip.encode_image(self.model.normalize(views).to(self.model.input_dtype)).float()
+        images, augmented = batch["images"], batch["images_aug"]
+        n = images.shape[0]
+        logits, scores = [], []
+        for i in range(n + 1):
+            parts = ([images[i : i + 1], augmented[i : i + 1]] if i < n else []) + ([images[i - 1 : i]] if i else [])
+            raw = self.encode(torch.cat(parts))
+            if i:
+                logits.append(LOGIT_SCALE * F.normalize(raw[-1:].detach(), dim=-1) @ text.t())
+            if i < n:
+                scores.append(self.adapt_one(raw[:2], text))
+        extra = {"pre_update_max_cos": torch.tensor(scores, dtype=torch.float64)}
+        return torch.cat(logits).float(), extra
+
+    def adapt_one(self, raw: torch.Tensor, text: torch.Tensor) -> float:
+        """ROSITA's step on one image from the features of its two views; returns its score before the update."""
+        hp = self.hp
         feats = F.normalize(raw, dim=-1)
         cos = feats @ text.t()
         score, label = (float(v) for v in cos[0].detach().max(dim=-1))
@@ -124,8 +152,8 @@ class Rosita(Adapter):
             self.unknown_bank = (self.unknown_bank + [raw[:1].detach()])[-hp["bank_unknown"]:]
         loss = torch.zeros((), device=feats.device)
         if hp["loss_pl"] and known and score > mu1:
-            target = torch.tensor([label, label], device=feats.device)
-            loss = loss + F.cross_entropy(cos[:1], target[:1]) + F.cross_entropy(cos[1:], target[1:])
+            target = torch.tensor([label], device=feats.device)
+            loss = loss + F.cross_entropy(cos[:1], target) + F.cross_entropy(cos[1:2], target)
         banks_ready = len(self.known_bank) > hp["k_p"] and len(self.unknown_bank) > hp["k_p"]
         if hp["loss_contrastive"] and banks_ready and (score > mu1 or score < mu0):
             if known:
@@ -136,9 +164,7 @@ class Rosita(Adapter):
         if loss.requires_grad and loss.item() != 0:
             self.step(loss)
             self.last_loss = loss.item()
-        with torch.no_grad():
-            logits = LOGIT_SCALE * self.model.cosine(batch["images"])
-        return logits.float(), {"pre_update_max_cos": torch.tensor([score], dtype=torch.float64)}
+        return score
 
     def stream_stats(self) -> dict[str, float]:
         return {"known_bank": float(len(self.known_bank)), "unknown_bank": float(len(self.unknown_bank))}

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.adapter import Adapter
-from benchmark.augment import Augment
+from benchmark.augment import Augment, image_generators
 from benchmark.model import LOGIT_SCALE
 from benchmark.registry import register_method
 from methods.tpt import confident_views, marginal_entropy
@@ -133,8 +133,7 @@ class TDA(Adapter):
         n_aug = self.hp["views"] - 1
         raw = batch["raw"]
         out = []
-        for row, index in enumerate(batch["index"].tolist()):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        for row, g in enumerate(image_generators(self.seed, batch["index"])):
             views = torch.cat([batch["images"][row : row + 1], augment(raw.select(slice(row, row + 1)).repeat(n_aug), g)])
             f = self.model.image_features(views)
             z = LOGIT_SCALE * f @ text.t()

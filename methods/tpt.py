@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from benchmark.adapter import Adapter
-from benchmark.augment import Augment
+from benchmark.augment import Augment, image_generators
 from benchmark.losses import softmax_entropy
 from benchmark.model import LOGIT_SCALE
 from benchmark.registry import register_method
@@ -121,11 +121,9 @@ class TPT(Adapter):
             return original.unsqueeze(1)
         augment = self.view_augment()
         raw = batch["raw"]
-        views = []
-        for row, index in enumerate(batch["index"].tolist()):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-            views.append(augment(raw.select(slice(row, row + 1)).repeat(n_aug), g))
-        augmented = torch.cat(views)
+        generators = image_generators(self.seed, batch["index"])
+        augmented = torch.cat([augment(raw.select(slice(row, row + 1)).repeat(n_aug), g)
+                               for row, g in enumerate(generators)])
         feats = torch.cat([self.model.image_features(chunk) for chunk in augmented.split(256)])
         return torch.cat([original.unsqueeze(1), feats.view(original.shape[0], n_aug, -1)], dim=1)
 

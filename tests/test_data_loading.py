@@ -262,7 +262,7 @@ def fake_generator() -> types.ModuleType:
     """A stand-in for ``benchmark.data.synthetic`` with the agreed interface."""
     module = types.ModuleType("benchmark.data.synthetic")
     module.CLASSES = [f"shape_{i}" for i in range(20)]
-    module.DOMAINS = ["photo", "sketch", "painting", "clipart"]
+    module.DOMAINS = ["photo", "sketch", "painting", "clipart", "fog"]
 
     def render(domain: str, n_per_class: int, seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         labels = np.repeat(np.arange(20, dtype=np.int64), n_per_class)
@@ -280,21 +280,21 @@ def test_synthetic_split_with_stand_in_generator(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(catalog, "_cache", {})
     split = load_split("synthetic", domain="sketch", setting="opda", resolution=R)
     assert split.classnames == [f"shape_{i}" for i in range(15)]
-    assert split.test.images.shape == (600, 3, R, R)
+    assert split.test.images.shape == (400, 3, R, R)
     assert set(split.adapt.labels.tolist()) == set(range(10)) | {15, 16, 17}
-    assert len(split.adapt) == 13 * 30
+    assert len(split.adapt) == 13 * 20
     assert split.adapt.paths[0] == "synthetic/sketch/0000"
     assert torch.all(split.test.images[:, 0] == torch.from_numpy(split.test.labels * 10)[:, None, None])
     assert torch.all(split.test.images[:, 1] == 1)
     classic = load_split("synthetic", domain="photo", setting="oda", protocol="classic", resolution=R)
-    assert classic.num_known == 10 and len(classic.adapt) == 600
+    assert classic.num_known == 10 and len(classic.adapt) == 400
 
 
 def test_synthetic_split_with_real_generator() -> None:
     pytest.importorskip("benchmark.data.synthetic")
     spec = get_spec("synthetic")
     split = load_split("synthetic", domain=spec.domains[1], setting="oda", resolution=R)
-    assert split.test.images.shape == (30 * len(spec.classes), 3, R, R)
+    assert split.test.images.shape == (20 * len(spec.classes), 3, R, R)
     assert split.info["expected_images"] == {"all": len(split.test)}
     assert split.adapt.labels.max() == 17
 
@@ -305,7 +305,7 @@ def test_registry_builds_splits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "benchmark.data.synthetic", fake_generator())
     monkeypatch.setattr(catalog, "_cache", {})
     split = DATASETS.build(dict(type="synthetic", domain="photo", setting="pda", resolution=R))
-    assert split.info["n_adapt"] == 300
+    assert split.info["n_adapt"] == 200
 
 
 def test_download_from_file_url_extracts_archive(tmp_path: Path) -> None:

@@ -142,7 +142,8 @@ def test_synthetic_spec_follows_its_generator() -> None:
     assert spec.classes == list(generator.CLASSES)
     assert spec.domains == list(generator.DOMAINS)
     assert spec.layout.kind == "synthetic" and spec.layout.transductive
-    assert (spec.layout.n_per_class, spec.layout.seed, spec.layout.size) == (30, 0, 64)
+    assert (spec.layout.n_per_class, spec.layout.seed, spec.layout.size, spec.layout.resample) == (20, 0, 64, True)
+    assert spec.validation_domains == ("fog",) and spec.target_domains == ["photo", "sketch", "painting", "clipart"]
     assert spec.known_classes() == list(range(15))
     assert spec.adapt_classes("ueo", "opda") == span((0, 9), (15, 17))
     assert spec.adapt_classes("ueo", "oda") == span((0, 17))
@@ -219,3 +220,28 @@ def test_malformed_specs_are_rejected(tmp_path: Path, old: str, new: str, messag
     with pytest.raises(DataError, match=message) as info:
         parse_spec(path)
     assert str(path) in str(info.value)
+
+
+def test_generated_images_are_byte_identical_across_calls_and_differ_across_domains() -> None:
+    from benchmark.data.synthetic import DOMAINS, render
+
+    first = {d: render(d, 2, 7) for d in DOMAINS}
+    for d in DOMAINS:
+        again = render(d, 2, 7)
+        assert first[d][0].tobytes() == again[0].tobytes() and np.array_equal(first[d][1], again[1])
+    digests = {first[d][0].tobytes() for d in DOMAINS}
+    assert len(digests) == len(DOMAINS)
+    assert render("photo", 2, 8)[0].tobytes() != first["photo"][0].tobytes()  # another seed, other images
+
+
+def test_validation_domains_must_be_domains_and_leave_a_target(tmp_path) -> None:
+    import shutil
+
+    from benchmark.data.spec import parse_spec
+
+    folder = tmp_path / "synthetic"
+    shutil.copytree(DATASETS_DIR / "synthetic", folder, ignore=shutil.ignore_patterns("*.pt"))
+    text = (folder / "dataset.yaml").read_text()
+    (folder / "dataset.yaml").write_text(text.replace("validation_domains: [fog]", "validation_domains: [nope]"))
+    with pytest.raises(DataError, match="validation_domains"):
+        parse_spec(folder / "dataset.yaml")

@@ -1,4 +1,4 @@
-"""The feature cache: same numbers as no cache, reused across methods and seeds, keyed safely."""
+"""The feature cache: same numbers as no cache, reused across the methods of a seed, keyed safely."""
 from __future__ import annotations
 
 import json
@@ -27,7 +27,12 @@ def test_zero_shot_metrics_and_predictions_equal_without_cache(tmp_path: Path):
         for key in b.files:
             assert np.array_equal(a[key], b[key]), key
     assert cached[1]["feature_cache"] == {"hits": 0, "misses": 1}
-    assert cached[2]["feature_cache"] == {"hits": 1, "misses": 0}  # the second seed reuses them
+    assert cached[2]["feature_cache"] == {"hits": 0, "misses": 1}  # each seed draws its own images
+    assert main([*ZS[:-1], "ueo", "pseudo_label", "--seeds", "1", "--out", str(tmp_path / "cached"),
+                 "--cfg-options", "ueo.epochs=1", "pseudo_label.epochs=1"]) == 0
+    runs = {r["spec"]["method"]: r for r in load_records(tmp_path / "cached") if r["spec"]["seed"] == 1}
+    # UEO's confidence weights encode the adapt set once; UPL's pseudo-labels of the same seed reuse it
+    assert runs["ueo"]["feature_cache"]["misses"] == 1 and runs["pseudo_label"]["feature_cache"]["hits"] == 1
     assert "feature_cache" not in plain and not (tmp_path / "plain" / "features").exists()
     assert any((tmp_path / "cached" / "features").glob("*.pt"))
 

@@ -116,7 +116,8 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def test_pseudo_label_trains_exactly_the_prompt_context(arch):
     adapter = get_method("pseudo_label")(make_classifier(arch))
-    assert _trainable_names(adapter) == {"prompt.ctx"}
+    assert adapter.trainable_parameters() == [adapter.contexts] and adapter.contexts.shape[:2] == (1, 16)
+    assert not any(p.requires_grad for p in adapter.model.parameters())
     assert adapter.model.prompt.ctx.shape[0] == 16
     hp = adapter.hp
     assert (hp["optimizer"], hp["lr"], hp["momentum"], hp["weight_decay"]) == ("sgd", 0.002, 0.9, 5e-4)
@@ -129,11 +130,12 @@ def test_pseudo_label_trains_exactly_the_prompt_context(arch):
 def test_pseudo_label_rate_is_stepped_per_epoch_as_dassl():
     """1e-5 for the warm-up epoch, then 0.002 * 0.5 (1 + cos(pi (e - 1) / 50)), constant within an epoch."""
     adapter = get_method("pseudo_label")(make_classifier("vit"))
-    adapter._epoch_batches = 4
+    per_epoch = 4
     rates = []
     for epoch in (0, 1, 2, 49):
-        adapter._epoch, adapter._batch = epoch, 3
-        rates.append(adapter.hp["lr"] * adapter.lr_factor(0, 0, 0))
+        within = {adapter.lr_factor(epoch * per_epoch + b, 50 * per_epoch, per_epoch) for b in range(per_epoch)}
+        assert len(within) == 1
+        rates.append(adapter.hp["lr"] * within.pop())
     assert rates[0] == pytest.approx(1e-5)
     assert rates[1] == pytest.approx(0.002)
     assert rates[2] == pytest.approx(0.001 * (1 + math.cos(math.pi / 50)))
@@ -154,10 +156,11 @@ def test_pseudo_label_selects_topk_steps_and_resets():
     after = _state(model)
     for key in before:
         changed = not torch.equal(before[key], after[key])
-        assert changed == (key == "prompt.ctx"), key
+        assert changed == (key == "prompt.ctx"), key  # the trained context is written back to the model
+    assert torch.equal(adapter.model.prompt.ctx, adapter.contexts[0])
     adapter.reset()
     assert all(torch.equal(before[k], v) for k, v in _state(model).items())
-    assert adapter.member_text is None
+    assert adapter.member_text is None and torch.equal(adapter.contexts, adapter._initial_contexts)
 
 
 def test_pseudo_label_threshold_variant_refreshes_after_warmup():
@@ -180,9 +183,9 @@ def test_pseudo_label_ensemble_averages_member_logits():
     data = make_data(model, 8)
     adapter = get_method("pseudo_label")(model, {"ensemble": 2, "epochs": 1, "batch_size": 8, "drop_last": False})
     adapter.adapt(data)
-    assert adapter.member_text.shape[0] == 2
+    assert adapter.member_text.shape[0] == 2 and adapter.contexts.shape[0] == 2
     assert not torch.allclose(adapter.member_text[0], adapter.member_text[1])
-    assert [h["member"] for h in adapter.history] == [0, 1]
+    assert len(adapter.history) == 1
     images = data.images[:3].float() / 255
     logits = adapter.predict(images)
     feats = model.image_features(images)
@@ -274,3 +277,27 @@ def test_must_views_are_the_official_weak_and_strong_transforms():
     batch = next(data.batches(8, views=views))
     assert batch["images"].shape == batch["images_strong"].shape == (8, 3, 32, 32)
     assert not torch.equal(batch["images"], batch["images_strong"])
+
+
+def test_pseudo_label_members_train_as_if_alone():
+    """Member m of an ensemble ends where training its seed alone ends: lockstep changes no result."""
+    data = make_data(make_classifier("vit"), 16)
+    hp = {"epochs": 2, "batch_size": 4, "num_per_class": 3, "drop_last": False, "warmup_epochs": 0, "lr": 0.05}
+    pair = get_method("pseudo_label")(make_classifier("vit"), {**hp, "ensemble": 2}, seed=3)
+    pair.adapt(data)
+    alone = get_method("pseudo_label")(make_classifier("vit"), {**hp, "ensemble": 1}, seed=3)
+    alone.adapt(data)
+    assert torch.allclose(pair.contexts[0], alone.contexts[0], atol=1e-5)
+    assert not torch.allclose(pair.contexts[1], alone.contexts[0], atol=1e-3)
+
+
+def test_pseudo_label_view_pool_draws_from_precomputed_crops():
+    data = make_data(make_classifier("vit"), 16)
+    adapter = get_method("pseudo_label")(make_classifier("vit"), {"epochs": 1, "batch_size": 4, "view_pool": 2,
+                                                                   "num_per_class": 3, "drop_last": False})
+    calls = []
+    real = adapter.model.image_features
+    adapter.model.image_features = lambda x: calls.append(len(x)) or real(x)
+    adapter.adapt(data)
+    assert calls == [16, len(adapter.selected), len(adapter.selected)]  # zero-shot labels, the pool, then nothing
+    assert adapter.history[0]["loss"] > 0

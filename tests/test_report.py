@@ -50,17 +50,33 @@ def golden_out(tmp_path_factory) -> Path:
     return out
 
 
-def test_golden_report_is_byte_identical(golden_out: Path):
-    produced = _outputs(golden_out)
+def _compare_with_golden(out: Path, expected_dir: Path) -> None:
+    produced = _outputs(out)
     if UPDATE:
-        shutil.rmtree(EXPECTED, ignore_errors=True)
+        shutil.rmtree(expected_dir, ignore_errors=True)
         for rel in produced:
-            (EXPECTED / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(golden_out / rel, EXPECTED / rel)
-    expected = sorted(p.relative_to(EXPECTED) for p in EXPECTED.rglob("*") if p.is_file())
+            (expected_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / rel, expected_dir / rel)
+    expected = sorted(p.relative_to(expected_dir) for p in expected_dir.rglob("*") if p.is_file())
     assert sorted(produced) == expected
     for rel in expected:
-        assert (golden_out / rel).read_bytes() == (EXPECTED / rel).read_bytes(), f"{rel} differs from the golden file"
+        assert (out / rel).read_bytes() == (expected_dir / rel).read_bytes(), f"{rel} differs from the golden file"
+
+
+def test_golden_report_is_byte_identical(golden_out: Path):
+    _compare_with_golden(golden_out, EXPECTED)
+
+
+def test_golden_report_with_validation_domain_selection(tmp_path: Path):
+    """The grid's ueo points judged on the validation domain fog: one ueo row, fog in no table."""
+    out = _copy_runs(tmp_path)
+    write_report(out, reported=[], plots=False, selection="validation_domain")
+    _compare_with_golden(out, GOLDEN / "expected_validation_domain")
+    md = (out / "leaderboard.md").read_text()
+    assert "Hyper-parameter selection `validation_domain`" in md and "| fog" not in md
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert sorted(board[board.setting == "oda"].method.str.split(" ").str[0].unique()) == ["infomax", "tent", "ueo",
+                                                                                          "zero_shot"]
 
 
 def test_rebuild_is_deterministic(golden_out: Path, tmp_path: Path):
@@ -162,7 +178,8 @@ def test_degenerate_groups_report_na_without_crashing(tmp_path: Path):
     assert "Only the baseline `zero_shot` ran" in md and "no ranks" in md
     plots = only_base / "plots"
     assert (plots / f"bars_{ODA}.png").is_file() and not (plots / f"cd_{ODA}_hm_accpc_auroc.png").exists()
-    no_base = _copy_runs(tmp_path / "b", lambda s: s["method"] in ("ueo", "tent") and s["setting"] == "oda")
+    no_base = _copy_runs(tmp_path / "b", lambda s: s["method"] in ("ueo", "tent") and s["setting"] == "oda"
+                         and not s["hparams"])
     write_report(no_base, plots=False)
     md = (no_base / "leaderboard.md").read_text()
     assert "No baseline run in this group" in md and "Friedman n/a (needs 3 or more methods)" in md

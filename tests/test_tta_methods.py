@@ -196,6 +196,21 @@ def test_rosita_adapts_norms_continually_with_bounded_banks():
     out = list(rosita.stream(full_data(model, 30)))
     assert len(rosita.scores) == 30 and len(rosita.unknown_bank) <= 3 and len(rosita.known_bank) <= K
     _, (logits, extra) = out[-1]
-    assert logits.shape == (1, K) and set(extra) == {"pre_update_max_cos"}
+    assert logits.shape == (30, K) and set(extra) == {"pre_update_max_cos"} and extra["pre_update_max_cos"].shape == (30,)
     with pytest.raises(ValueError, match="rosita.batch_size must be 1"):
         get_method("rosita")(make_classifier("vit"), {"batch_size": 2})
+
+
+def test_rosita_predicts_each_image_after_its_own_update_however_images_are_chunked(monkeypatch):
+    import methods.rosita
+
+    runs = []
+    for chunk in (1, 7):
+        monkeypatch.setattr(methods.rosita, "STREAM_CHUNK", chunk)
+        model = make_classifier("vit")
+        rosita = get_method("rosita")(model, {"k_p": 1, "bank_unknown": 3, "lr": 0.05}, seed=0)
+        out = list(rosita.stream(full_data(model, 20)))
+        runs.append((torch.cat([o[0] for _, o in out]), torch.cat([o[1]["pre_update_max_cos"] for _, o in out]),
+                     {k: v.clone() for k, v in model.state_dict().items()}))
+    assert torch.allclose(runs[0][0], runs[1][0], atol=1e-4) and torch.allclose(runs[0][1], runs[1][1], atol=1e-6)
+    assert all(torch.allclose(v, runs[1][2][k], atol=1e-5) for k, v in runs[0][2].items())

@@ -1,9 +1,13 @@
 """Procedurally generated shape images in several rendering styles: the embedded benchmark.
 
 Nothing can be downloaded where clipbench runs, so the benchmark ships its own data: 20 shape
-classes (the first 15 "known", the last 5 "unknown" to the open-set protocol) drawn in one
-source style, on which the tiny CLIP model is pre-trained, and in shifted target styles that
-adaptation methods must cope with.
+classes (the first 15 "known", the last 5 "unknown" to the open-set protocol) drawn in four
+rendering styles (``STYLES``: photo, sketch, painting, clipart). The tiny CLIP is pre-trained on
+all four, as CLIP's web data covers every style. The benchmark's domains (``DOMAINS``) are
+shifted variants it never saw: each renders one style and then applies a shift of the whole
+domain (a colour cast, ageing, dusk light, fog, clutter; ``SHIFTS``), the kind of change that
+normalisation and prompt adaptation can act on. ``DOMAINS[:4]`` are the target domains; the last,
+``fog``, is a labelled validation domain for model selection that is never a target.
 
 Every shape is a signed distance field evaluated on the pixel grid, and each style turns that
 distance into pixels (fill, outline, rough edges, textures). Per-pixel work uses only IEEE
@@ -31,8 +35,20 @@ that the prompts never name them. The split was picked so that the thin-stroke c
 bone, zigzag), which shifted styles drift towards, are known, keeping the OOD score informative
 on every style. Reordering changes every rendered image and needs new weights."""
 
-DOMAINS: list[str] = ["photo", "sketch", "painting", "clipart"]
-"""Rendering styles; ``DOMAINS[0]`` is the source style the tiny CLIP model is pre-trained on."""
+STYLES: list[str] = ["photo", "sketch", "painting", "clipart"]
+"""Rendering styles, all seen in pre-training (``benchmark.pretrain_tiny``)."""
+
+DOMAIN_RECIPES: dict[str, tuple[str, str]] = {
+    "photo": ("photo", "dusk"),
+    "sketch": ("sketch", "aged"),
+    "painting": ("painting", "cast"),
+    "clipart": ("clipart", "clutter"),
+    "fog": ("photo", "fog"),
+}
+"""Each domain of the benchmark: (rendering style, shift). ``fog`` is the validation domain."""
+
+DOMAINS: list[str] = list(DOMAIN_RECIPES)
+"""The benchmark's domains, in order: four targets, then the validation domain."""
 
 NUM_KNOWN: int = 15
 """How many leading entries of ``CLASSES`` the open-set protocol names to the model."""
@@ -289,20 +305,74 @@ def _clipart(rng: np.random.Generator, d: np.ndarray, gx: np.ndarray, gy: np.nda
 _STYLES = {"photo": _photo, "sketch": _sketch, "painting": _painting, "clipart": _clipart}
 
 
-def render(domain: str, n_per_class: int, seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Render ``n_per_class`` images of every class in ``CLASSES`` in style ``domain``.
+def _dusk(rng: np.random.Generator, img: np.ndarray, d: np.ndarray, k: float) -> np.ndarray:
+    """Evening light: darker, gamma-compressed, blue-tinted, with sensor noise."""
+    n, size = img.shape[0], img.shape[1]
+    tint = np.array([0.72, 0.82, 1.12], dtype=_F)
+    out = (img ** _F(1.5)) * _F(0.7) * tint + _F(0.04)
+    return out + _F(0.035) * rng.standard_normal((n, size, size, 1)).astype(_F)
+
+
+def _aged(rng: np.random.Generator, img: np.ndarray, d: np.ndarray, k: float) -> np.ndarray:
+    """Yellowed paper and faded ink: contrast halved towards a warm paper tone, blotches."""
+    n, size = img.shape[0], img.shape[1]
+    paper = np.array([0.86, 0.78, 0.55], dtype=_F)
+    blotch = _F(0.06) * _smooth_noise(rng, n, size, 5, 1)
+    return _F(0.5) * img * np.array([1.0, 0.93, 0.75], dtype=_F) + _F(0.5) * paper + blotch
+
+
+def _cast(rng: np.random.Generator, img: np.ndarray, d: np.ndarray, k: float) -> np.ndarray:
+    """A strong colour cast: the channels mixed by a fixed matrix (reds to purple, blues to green)."""
+    mix = np.array([[0.55, 0.15, 0.35], [0.1, 0.45, 0.45], [0.45, 0.45, 0.1]], dtype=_F)
+    return img @ mix.T
+
+
+def _clutter(rng: np.random.Generator, img: np.ndarray, d: np.ndarray, k: float) -> np.ndarray:
+    """Small distracting blobs and bars of random colours scattered over the picture."""
+    n, size = img.shape[0], img.shape[1]
+    coords = (np.arange(size, dtype=_F) + _F(0.5)) * _F(2.0 / size) - _F(1)
+    gx = np.broadcast_to(coords[None, None, :], (n, size, size))
+    gy = np.broadcast_to(-coords[None, :, None], (n, size, size))
+    out = img.copy()
+    for _ in range(5):
+        cx, cy = _col(rng.uniform(-0.95, 0.95, n)), _col(rng.uniform(-0.95, 0.95, n))
+        r = _col(rng.uniform(0.05, 0.12, n))
+        disc = np.sqrt((gx - cx) ** 2 + (gy - cy) ** 2) - r
+        bar = _box(gx - cx, gy - cy, 0.22, 0.035)
+        shape = np.where(_col(rng.random(n) < 0.5) > 0, disc, bar)
+        a = np.clip(_F(0.5) - shape * _F(size / 2), 0, 1)[..., None] * _F(0.9)
+        colour = _hsv(rng.random(n), rng.uniform(0.6, 1.0, n), rng.uniform(0.3, 0.9, n))
+        out = out * (1 - a) + colour * a
+    return out
+
+
+def _fog(rng: np.random.Generator, img: np.ndarray, d: np.ndarray, k: float) -> np.ndarray:
+    """Fog: the picture washed out towards a light grey, with film grain."""
+    n, size = img.shape[0], img.shape[1]
+    out = _F(0.5) * img + _F(0.5) * np.array([0.78, 0.8, 0.82], dtype=_F)
+    return out + _F(0.05) * rng.standard_normal((n, size, size, 1)).astype(_F)
+
+
+SHIFTS = {"none": None, "dusk": _dusk, "aged": _aged, "cast": _cast, "clutter": _clutter, "fog": _fog}
+"""Whole-domain shifts applied after rendering (``none`` for pre-training images)."""
+
+
+def render_style(style: str, n_per_class: int, seed: int, size: int = 64, shift: str = "none",
+                 stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Render ``n_per_class`` images of every class in ``CLASSES`` in ``style``, then apply ``shift``.
 
     Returns ``(images, labels)``: uint8 ``(20 * n_per_class, size, size, 3)`` and int64 class
-    indices, sorted by class (all of class 0 first), so callers shuffle if they need to. Each
-    image draws its own position, scale, rotation, colours, stroke widths and background. The
-    generator is seeded from ``(seed, DOMAINS.index(domain))`` so styles never share draws and
-    the result is a pure function of the arguments.
+    indices, sorted by class. Each image draws its own position, scale, rotation, colours, stroke
+    widths and background. The generator is seeded from ``(seed, stream)``, so different streams
+    of one seed never share draws and the result is a pure function of the arguments.
     """
-    if domain not in _STYLES:
-        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
+    if style not in _STYLES:
+        raise ValueError(f"unknown style {style!r}; valid styles: {', '.join(STYLES)}")
+    if shift not in SHIFTS:
+        raise ValueError(f"unknown shift {shift!r}; valid shifts: {', '.join(SHIFTS)}")
     if n_per_class < 1 or size < 8:
         raise ValueError(f"need n_per_class >= 1 and size >= 8, got {n_per_class} and {size}")
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, DOMAINS.index(domain)])))
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, stream])))
     n, k = n_per_class, size / 64.0
     coords = (np.arange(size, dtype=_F) + _F(0.5)) * _F(2.0 / size) - _F(1)
     gx = np.broadcast_to(coords[None, None, :], (n, size, size))
@@ -318,7 +388,21 @@ def render(domain: str, n_per_class: int, seed: int, size: int = 64) -> tuple[np
         lx = (dx * cos_t + dy * sin_t) * inv
         ly = (dy * cos_t - dx * sin_t) * inv
         dist = _SHAPES[name](lx, ly) * _col(scale * size / 2.0)
-        img = _STYLES[domain](rng, dist, gx, gy, lx, ly, k)
+        img = _STYLES[style](rng, dist, gx, gy, lx, ly, k)
+        if SHIFTS[shift] is not None:
+            img = SHIFTS[shift](rng, np.clip(img, 0, 1), dist, k)
         images[c * n:(c + 1) * n] = np.clip(img * _F(255) + _F(0.5), 0, 255).astype(np.uint8)
     labels = np.repeat(np.arange(len(CLASSES), dtype=np.int64), n)
     return images, labels
+
+
+def render(domain: str, n_per_class: int, seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Render one domain of the benchmark (its style and shift, ``DOMAIN_RECIPES``); see ``render_style``.
+
+    The draws are seeded from ``(seed, 100 + the domain's index)``: pre-training images use the
+    streams of the styles (0-3), so no benchmark image is ever a pre-training image.
+    """
+    if domain not in DOMAIN_RECIPES:
+        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
+    style, shift = DOMAIN_RECIPES[domain]
+    return render_style(style, n_per_class, seed, size, shift, stream=100 + DOMAINS.index(domain))

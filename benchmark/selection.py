@@ -1,0 +1,237 @@
+"""Hyper-parameter selection: a post-hoc step over run records, never a rerun.
+
+A sweep may list a grid for any hyper-parameter (``--cfg-options ueo.lr=[1e-4,1e-3]``); every
+point is an ordinary run record. The report then keeps, per method and group (protocol x data
+set x setting x backbone), the point a named rule picks, and every caption names the rule:
+
+- ``fixed``: no selection: every point is its own row (the recipe as given, or as overridden);
+- ``validation_domain``: the point with the best mean selection metric over the seeds of the
+  data set's labelled validation domains (``validation_domains`` in its spec; the embedded
+  benchmark's ``fog``), which are never targets. A data set without one is selected per target
+  domain by leave-one-domain-out: the best mean over its other target domains;
+- ``unsupervised``: per target domain, the point with the largest label-free InfoMax criterion
+  ``H(mean_i p_i) - mean_i H(p_i)`` of the method's own predictions on the data it adapted on
+  (the adapt set; for online and episodic runs the test stream), computed at run time without
+  labels (the IM validator of Musgrave, Belongie & Lim, "Three new validators and a large-scale
+  benchmark ranking for unsupervised domain adaptation", 2022);
+- ``oracle``: per target domain, the point with the best mean selection metric on the target's
+  own test labels: an upper bound, never a result, and flagged as such in every caption.
+
+Points whose runs failed are skipped and reported; ties go to the first point in a stable
+order (sorted by their hyper-parameters). Validation domains never appear in the tables.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+RULES = ("fixed", "validation_domain", "unsupervised", "oracle")
+DEFAULT_RULE = "fixed"
+DEFAULT_METRIC = "hm_accpc_auroc"
+LABEL_FREE = "infomax"
+"""The label-free criterion of ``unsupervised`` (recorded in every run under ``label_free``)."""
+
+DESCRIPTIONS = {
+    "fixed": "no selection: every hyper-parameter point is its own row",
+    "validation_domain": "best mean {metric} on the labelled validation domain(s), never a target",
+    "validation_domain_lodo": "best mean {metric} on the other target domains (leave-one-domain-out: "
+                              "the data set has no validation domain)",
+    "unsupervised": "per target domain, largest label-free InfoMax criterion H(mean p) - mean H(p) on the "
+                    "method's own predictions for the data it adapted on",
+    "oracle": "ORACLE, an upper bound and not a result: per target domain, best mean {metric} on the "
+              "target's own test labels",
+}
+
+
+class SelectionError(ValueError):
+    """A rule that cannot be applied to the records (unknown, or missing the runs it needs)."""
+
+
+def infomax_criterion(probs: np.ndarray) -> float:
+    """``H(mean_i p_i) - mean_i H(p_i)`` of (N, K) probabilities (natural log; higher is better)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.size == 0:
+        return float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = lambda q: -np.sum(np.where(q > 0, q * np.log(q), 0.0), axis=-1)  # noqa: E731
+        return float(ent(p.mean(axis=0)) - ent(p).mean())
+
+
+@dataclass
+class Pick:
+    """The point a rule kept for one method of one group (``domain`` ``*``: for every target domain)."""
+
+    group: tuple
+    method: str
+    domain: str
+    hparams: dict[str, Any]
+    value: float
+    candidates: int
+    basis: str
+
+
+@dataclass
+class Selection:
+    """What a rule did: its picks, the failed points it skipped, and the validation records it hid."""
+
+    rule: str
+    metric: str
+    picks: list[Pick] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    hidden_validation: int = 0
+
+    def caption(self, dataset: str | None = None) -> str:
+        """One sentence for table captions."""
+        key = self.rule
+        if self.rule == "validation_domain" and dataset is not None and not _validation_domains(dataset):
+            key = "validation_domain_lodo"
+        text = DESCRIPTIONS[key].format(metric=self.metric)
+        return f"Hyper-parameter selection `{self.rule}`: {text}."
+
+
+def _validation_domains(dataset: str) -> tuple[str, ...]:
+    from benchmark.data import get_spec
+
+    try:
+        return get_spec(dataset).validation_domains
+    except (KeyError, ValueError, OSError):
+        return ()
+
+
+def _group(rec: dict) -> tuple:
+    s = rec.get("spec", {})
+    return (s.get("protocol"), s.get("dataset"), s.get("setting"), s.get("model"), s.get("pretrained"), s.get("method"))
+
+
+def _point(rec: dict) -> str:
+    return json.dumps(rec.get("spec", {}).get("hparams", {}), sort_keys=True)
+
+
+def _value(rec: dict, metric: str, score: str | None) -> float:
+    """The selection value of one done record: the label-free criterion, or a test metric."""
+    from benchmark.report import record_metrics
+
+    if metric == LABEL_FREE:
+        v = (rec.get("label_free") or {}).get(LABEL_FREE)
+    else:
+        v = record_metrics(rec, "test", score).get(metric)
+    return float(v) if v is not None else float("nan")
+
+
+def _best(candidates: dict[str, list[dict]], metric: str, score: str | None, higher: bool,
+          skipped: list[str] | None = None, where: str = "") -> tuple[str, float] | None:
+    """The point with the best mean value over its finished records (None when none has a finite value).
+
+    A point with a failed run among its records is skipped (and named in ``skipped``) while
+    another point has none.
+    """
+    failed = {p for p, rs in candidates.items() if any(r.get("status") != "done" for r in rs)}
+    if failed and len(failed) < len(candidates):
+        for p in sorted(failed):
+            if skipped is not None:
+                method = candidates[p][0]["spec"]["method"]
+                skipped.append(f"{method} ({_short(method, p, candidates[p][0]['spec']['dataset'])}) {where}: "
+                               "a run failed, so the point is skipped")
+        candidates = {p: rs for p, rs in candidates.items() if p not in failed}
+    best = None
+    for point in sorted(candidates):
+        values = [_value(r, metric, score) for r in candidates[point] if r.get("status") == "done"]
+        values = [v for v in values if math.isfinite(v)]
+        if not values:
+            continue
+        mean = float(np.mean(values))
+        if best is None or (mean > best[1] if higher else mean < best[1]):
+            best = (point, mean)
+    return best
+
+
+def select(records: list[dict], rule: str = DEFAULT_RULE, metric: str = DEFAULT_METRIC,
+           score: str | None = None) -> tuple[list[dict], Selection]:
+    """The records a rule keeps (validation domains dropped) and what it picked.
+
+    Kept records of a method whose picks differ between domains get the label
+    ``<method> [<rule>]``; otherwise they keep their name and departures.
+    """
+    from benchmark.report import higher_is_better
+
+    if rule not in RULES:
+        raise SelectionError(f"unknown selection rule {rule!r}; rules: {', '.join(RULES)}")
+    sel = Selection(rule, metric)
+    targets, by_group = [], {}
+    for rec in records:
+        dataset = rec.get("spec", {}).get("dataset")
+        if rec.get("spec", {}).get("domain") in _validation_domains(dataset):
+            sel.hidden_validation += 1
+            by_group.setdefault(_group(rec), {"val": [], "target": []})["val"].append(rec)
+        else:
+            targets.append(rec)
+            by_group.setdefault(_group(rec), {"val": [], "target": []})["target"].append(rec)
+    if rule == "fixed":
+        return targets, sel
+    higher = True if rule == "unsupervised" else higher_is_better(metric)
+    crit = LABEL_FREE if rule == "unsupervised" else metric
+    kept: list[dict] = []
+    for group, parts in sorted(by_group.items(), key=lambda kv: json.dumps(kv[0], default=str)):
+        eligible = sorted({_point(r) for r in parts["target"]})
+        done = lambda rs: [r for r in rs if _point(r) in eligible]  # noqa: E731
+        where = f"in {group[1]}/{group[2]}"
+        domains = sorted({r["spec"]["domain"] for r in parts["target"]})
+        picks: dict[str, str] = {}
+        if len(eligible) == 1:
+            picks = {d: eligible[0] for d in domains}
+            sel.picks.append(Pick(group, group[5], "*", json.loads(eligible[0]), float("nan"), 1, "single point"))
+        elif rule == "validation_domain" and _validation_domains(group[1]):
+            cands = {p: [r for r in done(parts["val"]) if _point(r) == p] for p in eligible}
+            if not any(cands.values()):
+                raise SelectionError(
+                    f"selection validation_domain needs runs of {group[5]} on the validation domain(s) "
+                    f"{', '.join(_validation_domains(group[1]))} of {group[1]}: rerun the sweep with "
+                    "--selection validation_domain (it adds them)")
+            best = _require(_best(cands, crit, score, higher, sel.skipped, where), group, crit, "its validation runs")
+            picks = {d: best[0] for d in domains}
+            sel.picks.append(Pick(group, group[5], "*", json.loads(best[0]), best[1], len(eligible),
+                                  f"validation domain(s) {', '.join(_validation_domains(group[1]))}"))
+        else:
+            for d in domains:
+                if rule == "validation_domain":  # leave-one-domain-out
+                    pool = [r for r in done(parts["target"]) if r["spec"]["domain"] != d]
+                    basis = f"target domains other than {d}"
+                else:
+                    pool = [r for r in done(parts["target"]) if r["spec"]["domain"] == d]
+                    basis = f"{d} ({'label-free' if rule == 'unsupervised' else 'test labels'})"
+                pool_by_point = {p: [r for r in pool if _point(r) == p] for p in eligible}
+                best = _require(_best(pool_by_point, crit, score, higher, sel.skipped, f"{where} (judged on {basis})"),
+                                group, crit, basis)
+                picks[d] = best[0]
+                sel.picks.append(Pick(group, group[5], d, json.loads(best[0]), best[1], len(eligible), basis))
+        chosen = [r for r in parts["target"] if picks.get(r["spec"]["domain"]) == _point(r)]
+        if len(set(picks.values())) > 1:
+            for r in chosen:
+                r["_label"] = f"{group[5]} [{rule}]"
+        kept += chosen
+    return kept, sel
+
+
+def _require(best: tuple[str, float] | None, group: tuple, crit: str, basis: str) -> tuple[str, float]:
+    """``best``, or a ``SelectionError`` saying that no point had a value to judge it by."""
+    if best is None:
+        raise SelectionError(f"cannot select a point of {group[5]} in {group[1]}/{group[2]}: no finished run has "
+                             f"a finite {crit} on {basis}")
+    return best
+
+
+def _short(method: str, point: str, dataset: str) -> str:
+    """A point as its departures from the method's recipe on ``dataset`` (``recipe`` when none)."""
+    from benchmark.report import _fmt_value, departures
+
+    diffs = departures(method, json.loads(point), dataset)
+    return ", ".join(f"{k}={_fmt_value(v)}" for k, v in diffs.items()) or "recipe"
+
+
+def describe_pick(pick: Pick) -> str:
+    """A pick's point as its departures from the recipe."""
+    return _short(pick.method, json.dumps(pick.hparams, sort_keys=True), pick.group[1])
