@@ -35,11 +35,11 @@ def _kmeans2(x: np.ndarray, iters: int = 100) -> np.ndarray:
 def gmm2_posteriors(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fit a 1-D two-component Gaussian mixture by EM; (N, 2) posteriors and the two means, lower mean first.
 
-    As scikit-learn's ``GaussianMixture(n_components=2)``: responsibilities initialised from a
-    k-means split, variances regularised by ``1e-6``, EM until the mean log-likelihood changes
-    by less than ``1e-3`` or 100 iterations. The k-means start is deterministic here (from the
-    extreme values) where scikit-learn's is random. Degenerate input (fewer than two distinct
-    values) puts every sample in the first component.
+    As scikit-learn's ``GaussianMixture(n_components=2)``: parameters initialised from a k-means
+    split, variances regularised by ``1e-6``, E and M steps until the mean log-likelihood changes
+    by less than ``1e-3`` or 100 iterations, then the posteriors of the fitted parameters. The
+    k-means start is deterministic here (from the extreme values) where scikit-learn's is random.
+    Degenerate input (fewer than two distinct values) puts every sample in the first component.
     """
     x = np.asarray(x, dtype=np.float64).ravel()
     n = x.size
@@ -48,22 +48,34 @@ def gmm2_posteriors(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         post[:, 0] = 1.0
         mean = float(x.mean()) if n else 0.0
         return post, np.array([mean, mean])
-    resp = np.stack([~_kmeans2(x), _kmeans2(x)], axis=1).astype(np.float64)
+    upper = _kmeans2(x)
+    params = _m_step(x, np.stack([~upper, upper], axis=1).astype(np.float64))
     previous = -math.inf
     for _ in range(GMM_MAX_ITER):
-        nk = resp.sum(axis=0) + 10 * np.finfo(np.float64).eps
-        weights = nk / n
-        means = (resp * x[:, None]).sum(axis=0) / nk
-        var = (resp * (x[:, None] - means) ** 2).sum(axis=0) / nk + GMM_REG
-        log_prob = -0.5 * (np.log(2 * np.pi * var) + (x[:, None] - means) ** 2 / var) + np.log(weights)
-        norm = np.logaddexp(log_prob[:, 0], log_prob[:, 1])
-        resp = np.exp(log_prob - norm[:, None])
-        bound = norm.mean()
+        resp, bound = _e_step(x, *params)
+        params = _m_step(x, resp)
         if abs(bound - previous) < GMM_TOL:
             break
         previous = bound
+    resp, _ = _e_step(x, *params)  # scikit-learn's final E-step: posteriors of the fitted parameters
+    means = params[1]
     order = np.argsort(means, kind="stable")
     return resp[:, order], means[order]
+
+
+def _m_step(x: np.ndarray, resp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights, means and (regularised) variances from responsibilities."""
+    nk = resp.sum(axis=0) + 10 * np.finfo(np.float64).eps
+    means = (resp * x[:, None]).sum(axis=0) / nk
+    var = (resp * (x[:, None] - means) ** 2).sum(axis=0) / nk + GMM_REG
+    return nk / x.size, means, var
+
+
+def _e_step(x: np.ndarray, weights: np.ndarray, means: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, float]:
+    """Posteriors of the two components and the mean log-likelihood."""
+    log_prob = -0.5 * (np.log(2 * np.pi * var) + (x[:, None] - means) ** 2 / var) + np.log(weights)
+    norm = np.logaddexp(log_prob[:, 0], log_prob[:, 1])
+    return np.exp(log_prob - norm[:, None]), float(norm.mean())
 
 
 def grid_otsu(scores: np.ndarray, grid: np.ndarray | None = None) -> tuple[float, float, float]:

@@ -232,6 +232,7 @@ class PseudoLabel(Adapter):
                 self.step(loss)
                 losses.append(loss.item() / members)
                 it += 1
+                self.record_loss(losses[-1], it, total)
                 bar.update(1)
             self.history.append({"epoch": epoch + 1, "loss": float(sum(losses) / max(len(losses), 1)), "selected": n})
         bar.close()

@@ -126,6 +126,7 @@ class Rosita(Adapter):
         images, augmented = batch["images"], batch["images_aug"]
         n = images.shape[0]
         logits, scores = [], []
+        self._chunk_losses: list[float] = []
         for i in range(n + 1):
             parts = ([images[i : i + 1], augmented[i : i + 1]] if i < n else []) + ([images[i - 1 : i]] if i else [])
             raw = self.encode(torch.cat(parts))
@@ -133,6 +134,8 @@ class Rosita(Adapter):
                 logits.append(LOGIT_SCALE * F.normalize(raw[-1:].detach(), dim=-1) @ text.t())
             if i < n:
                 scores.append(self.adapt_one(raw[:2], text))
+        if self._chunk_losses:
+            self.last_loss = sum(self._chunk_losses) / len(self._chunk_losses)
         extra = {"pre_update_max_cos": torch.tensor(scores, dtype=torch.float64)}
         return torch.cat(logits).float(), extra
 
@@ -163,7 +166,7 @@ class Rosita(Adapter):
             loss = loss + hp["alpha"] * term
         if loss.requires_grad and loss.item() != 0:
             self.step(loss)
-            self.last_loss = loss.item()
+            self._chunk_losses.append(loss.item())
         return score
 
     def stream_stats(self) -> dict[str, float]:

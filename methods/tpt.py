@@ -133,7 +133,6 @@ class TPT(Adapter):
         start = self.model.prompt.ctx.detach()
         ctx = start.unsqueeze(0).repeat(feats.shape[0], 1, 1).clone().requires_grad_(True)
         optimizer = torch.optim.AdamW([ctx], lr=hp["lr"], weight_decay=hp["weight_decay"])
-        scaler = torch.amp.GradScaler(feats.device.type, init_scale=1000) if self.scaler is not None else None
         keep = None
         for _ in range(hp["steps"]):
             with self.autocast():
@@ -144,14 +143,33 @@ class TPT(Adapter):
             loss = marginal_entropy(chosen)
             self.last_loss = float(loss.detach().mean())
             optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss.sum()).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
+            if self.scaler is None:
                 loss.sum().backward()
                 optimizer.step()
+            else:
+                self.scaled_step(loss, ctx, optimizer)
         return ctx.detach()
+
+    def scaled_step(self, loss: torch.Tensor, ctx: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """TPT's fp16 step with a loss scale kept along the stream (``GradScaler(init_scale=1000)``,
+        tpt_classification.py:149): gradients are unscaled, an image whose gradient overflows keeps
+        its context (its step is skipped) and halves the scale, which doubles after 2000 images
+        without overflow. Within one batch every image uses the scale the batch started with."""
+        if not hasattr(self, "loss_scale"):
+            self.loss_scale, self.finite_images = 1000.0, 0
+        (loss.sum() * self.loss_scale).backward()
+        ctx.grad.div_(self.loss_scale)
+        finite = torch.isfinite(ctx.grad).flatten(1).all(dim=1)
+        ctx.grad[~finite] = 0
+        before = ctx.detach().clone()
+        optimizer.step()
+        with torch.no_grad():
+            ctx[~finite] = before[~finite]
+        overflows = int((~finite).sum())
+        self.loss_scale *= 0.5 ** overflows
+        self.finite_images = 0 if overflows else self.finite_images + len(finite)
+        if self.finite_images >= 2000:
+            self.loss_scale, self.finite_images = self.loss_scale * 2, 0
 
     def stream_step(self, batch: dict) -> torch.Tensor:
         """Tune on every image's views, predict its original view with its tuned context; the model is untouched."""

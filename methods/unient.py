@@ -13,8 +13,10 @@ and line of each value in ``docs/recipes.md``), online over the test stream, one
   minimised on likely knowns and maximised on likely unknowns, with TENT's diversity term
   (tent.py:88-103); ``p = softmax(100 cos)`` of the adapted model;
 - the norm affines train (BatchNorm with batch statistics, and LayerNorm, as UniEnt's ImageNet
-  TENT collects both, tent.py:121, 156-157), SGD lr 1e-3 momentum 0.9, batch 32 (main.py:44-48),
-  continual (no reset); each batch is predicted by the forward pass its update comes from.
+  TENT collects both, tent.py:121, 156-157), SGD lr 1e-3 momentum 0.9 (main.py:44-46), continual
+  (no reset); each batch is predicted by the forward pass its update comes from. UniEnt's ImageNet
+  step sees 32 in-distribution and 32 outlier images (``--batch_size 32`` of each, main.py:48,
+  196-204): here 64 images of the mixed test stream.
 
 This follows UniEnt's own code rather than ROSITA's single-image CLIP variant (``unient_lda``),
 which replaces the mixture by ROSITA's Otsu threshold and is not registered in ROSITA's runner.
@@ -53,7 +55,7 @@ class UniEnt(Tent):
         "lr": 1e-3,
         "momentum": 0.9,
         "nesterov": False,
-        "batch_size": 32,
+        "batch_size": 64,
         "split": "soft",
         "lam_unknown": 0.5,
         "lam_marginal": 0.5,

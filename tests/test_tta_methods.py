@@ -141,6 +141,25 @@ def test_gmm_posteriors_split_two_clusters():
     assert (post[:, 0] == 1).all()
 
 
+# Posteriors of component 0 from scikit-learn 1.9.1 ``GaussianMixture(n_components=2, random_state=0)
+# .fit(x).predict_proba(x)`` (columns ordered by mean), computed offline: sklearn is not a dependency.
+SKLEARN_X = [0.4633, 0.0955, 0.3334, 0.2546, 0.2638, 0.2828, 0.1384, 0.2814, 0.2308, 0.5658, 0.3181,
+             0.2718, 0.2775, 0.2466, 0.2156, 0.2687, 0.3386, 0.2809, 0.3766, 0.284, 0.5524, 0.7046,
+             0.6045, 0.4995, 0.5317, 0.6041, 0.7435, 0.523, 0.5256, 0.6502, 0.4614, 0.5208]
+SKLEARN_P0 = [0.02926745, 0.99999347, 0.97086832, 0.99902308, 0.99858981, 0.99691054, 0.99998038,
+              0.99708747, 0.99960702, 3.608e-05, 0.98551443, 0.99804638, 0.99752628, 0.99928519,
+              0.99977372, 0.99827947, 0.96297574, 0.99714804, 0.79644418, 0.99674987, 9.232e-05, 0.0,
+              2.16e-06, 0.00315053, 0.00038034, 2.23e-06, 0.0, 0.00068064, 0.00057245, 6e-08,
+              0.03270939, 0.00078758]
+
+
+def test_gmm_posteriors_match_sklearn_on_overlapping_clusters():
+    """Overlapping clusters, where the final E-step matters: same means and posteriors as sklearn."""
+    post, means = gmm2_posteriors(np.array(SKLEARN_X))
+    assert np.allclose(means, [0.26363443, 0.56403852], atol=1e-7)
+    assert np.abs(post[:, 0] - np.array(SKLEARN_P0)).max() < 1e-6
+
+
 def test_unient_loss_by_hand_and_trainable_norms(monkeypatch):
     model = make_classifier("vit")
     unient = get_method("unient")(model, {}, seed=0)
@@ -214,3 +233,15 @@ def test_rosita_predicts_each_image_after_its_own_update_however_images_are_chun
                      {k: v.clone() for k, v in model.state_dict().items()}))
     assert torch.allclose(runs[0][0], runs[1][0], atol=1e-4) and torch.allclose(runs[0][1], runs[1][1], atol=1e-6)
     assert all(torch.allclose(v, runs[1][2][k], atol=1e-5) for k, v in runs[0][2].items())
+
+
+def test_tpt_loss_scaling_skips_only_the_overflowing_image():
+    """TPT's fp16 step (a loss scale kept along the stream): an image whose gradient overflows keeps its
+    context and halves the scale; the others step."""
+    tpt = get_method("tpt")(make_classifier("vit"), {}, seed=0)
+    ctx = torch.zeros(2, 3, 4, requires_grad=True)
+    optimizer = torch.optim.AdamW([ctx], lr=0.1)
+    loss = torch.stack([(ctx[0] * 1e38).sum(), ctx[1].sum()])
+    tpt.scaled_step(loss, ctx, optimizer)
+    assert torch.equal(ctx[0], torch.zeros(3, 4)) and not torch.equal(ctx[1], torch.zeros(3, 4))
+    assert tpt.loss_scale == 500.0 and tpt.finite_images == 0
