@@ -63,7 +63,7 @@ BASE_DEFAULTS: dict[str, Any] = {
 """Loop hyper-parameters every method that trains has; a method's ``defaults`` override them."""
 
 HISTORY_POINTS = 10
-"""Points of the loss curve recorded along one pass of an online or episodic stream."""
+"""Points of the loss curve recorded along a whole budget (and along one pass of a stream)."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -141,6 +141,10 @@ class Adapter:
         self.hp = self.resolve_hparams(hparams or {})
         self.seed = seed
         self.history: list[dict[str, float]] = []
+        self.curve: list[dict[str, float]] = []
+        """The loss over the whole budget in :data:`HISTORY_POINTS` windows of steps (``progress``
+        = fraction of the budget's steps done): what ``benchmarks/loss_curves.py`` judges."""
+        self._window: list[float] = []
         self.online_predictions: dict[str, torch.Tensor] | None = None
         if self.requires_vit and not model.is_vit:
             raise ValueError(
@@ -326,6 +330,13 @@ class Adapter:
             self.optimizer.step()
         self.after_step()
 
+    def record_loss(self, loss: float, step: int, total: int) -> None:
+        """Add the loss of step ``step`` (1-based) of ``total`` to the budget-wide ``curve``."""
+        self._window.append(float(loss))
+        if step >= total or (step * HISTORY_POINTS) // total != ((step - 1) * HISTORY_POINTS) // total:
+            self.curve.append({"progress": round(step / max(total, 1), 4), "loss": sum(self._window) / len(self._window)})
+            self._window = []
+
     def set_lr(self, it: int, total: int, warmup: int) -> None:
         """Apply the schedule's factor at iteration ``it`` to every parameter group."""
         for g, base in zip(self.optimizer.param_groups, self._base_lrs()):
@@ -366,6 +377,7 @@ class Adapter:
                 prof.count("adapt", len(batch["index"]))
                 losses.append(loss.item())
                 it += 1
+                self.record_loss(losses[-1], it, total)
                 bar.update(1)
             self.history.append({"epoch": epoch + 1, "loss": float(sum(losses) / max(len(losses), 1))})
         bar.close()
@@ -394,6 +406,7 @@ class Adapter:
             prof.count("adapt", len(batch["index"]))
             if self.last_loss is not None:
                 window.append(float(self.last_loss))
+                self.record_loss(self.last_loss, i, total)
             if i in marks:
                 entry = {"epoch": round(i / total, 4), **self.stream_stats()}
                 if window:

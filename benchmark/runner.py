@@ -330,7 +330,7 @@ def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, dev
         record.update(status="done", hparams=hparams, metrics=metrics, execution=adapter.describe(),
                       scores=sorted(thresholds), rejection={"rule": REJECTION_RULE, "thresholds": thresholds},
                       label_free=label_free,
-                      history=adapter.history, num_trainable=sum(p.numel() for p in adapter.trainable_parameters()))
+                      history=adapter.history, curve=adapter.curve, num_trainable=sum(p.numel() for p in adapter.trainable_parameters()))
     except Exception as err:  # a failed run is recorded, never lost; the sweep goes on
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
     timings["total"] = time.perf_counter() - t_start

@@ -88,6 +88,20 @@ def test_default_loop_updates_only_configured_params_and_reset_restores():
     assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)
 
 
+def test_loss_curve_windows_cover_the_whole_budget():
+    """record_loss averages the step losses in HISTORY_POINTS windows of the budget, the last ending at 1."""
+    a = _NormEntropy(make_classifier("vit"))
+    losses = [float(i) for i in range(1, 21)]
+    for step, loss in enumerate(losses, 1):
+        a.record_loss(loss, step, len(losses))
+    assert [c["progress"] for c in a.curve] == [round(0.1 * k, 4) for k in range(1, 11)]
+    assert [c["loss"] for c in a.curve] == [(losses[2 * k] + losses[2 * k + 1]) / 2 for k in range(10)]
+    b = _NormEntropy(make_classifier("vit"))
+    for step in range(1, 4):  # fewer steps than points: one entry per step
+        b.record_loss(1.0, step, 3)
+    assert len(b.curve) == 3 and b.curve[-1]["progress"] == 1.0
+
+
 def test_same_seed_same_adaptation():
     results = []
     for _ in range(2):
@@ -125,3 +139,15 @@ def test_registry_lists_names_on_unknown_method():
     assert "zero_shot" in method_names()
     with pytest.raises(KeyError, match="zero_shot"):
         get_method("does_not_exist")
+
+
+def test_a_context_initialised_from_words_equals_the_fixed_prompt():
+    """The learnable prompt path (cut after the end token) gives the features of the written prompt."""
+    from benchmark.model import ClipClassifier, load_clip
+
+    model = ClipClassifier(load_clip("clipbench-tiny", "embedded"), ["circle", "square", "Alarm_Clock"])
+    fixed = model.class_embeddings(("a photo of a {}.",))
+    model.enable_prompt_learning(4, "a photo of a")
+    assert torch.allclose(model.text_features(), fixed, atol=1e-6)
+    batched = model.text_features_for(torch.stack([model.prompt.ctx.detach()] * 2))
+    assert torch.allclose(batched[1], fixed, atol=1e-6)

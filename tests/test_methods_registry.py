@@ -64,6 +64,8 @@ def test_every_method_adapts_and_predicts(method: str, regime: str, out: Path, z
     if cls.adapts:
         assert rec["history"]
         assert (rec["num_trainable"] > 0) == cls.trains
+        if cls.trains:  # the loss curve over the whole budget, which benchmarks/loss_curves.py judges
+            assert rec["curve"] and rec["curve"][-1]["progress"] == 1.0
         assert not np.array_equal(logits, zero_shot_preds), f"{method} changed nothing"
     else:
         assert np.array_equal(logits, zero_shot_preds)
