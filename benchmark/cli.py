@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, metavar="FILE.py",
                    help="mmengine config of a whole sweep (e.g. configs/ueo_paper.py); flags given on the "
                         "command line override its values")
+    p.add_argument("--grids", action="store_true",
+                   help="also sweep each data set's hyper-parameter grid (`grids:` in its dataset.yaml, the grid its "
+                        "budgets were selected from); combine with --selection validation_domain to redo the selection")
     p.add_argument("--dry-run", action="store_true", help="list the runs of the sweep and exit; runs nothing")
     p.add_argument("--show-hparams", action="store_true",
                    help="with --dry-run: print every run's resolved hyper-parameters as key=value")
@@ -274,7 +277,7 @@ def _print_plan(specs: list, out: Path, not_applicable: list[str], show_hparams:
     from collections import Counter
 
     from benchmark.records import is_complete
-    from benchmark.report import _fmt_value, departures
+    from benchmark.report import format_value, departures
 
     print(f"{'#':>5}  {'hash':<16}  {'method':<21} {'dataset/domain':<26} {'setting':<7} {'seed':>4}  "
           f"{'model':<16} state")
@@ -285,9 +288,9 @@ def _print_plan(specs: list, out: Path, not_applicable: list[str], show_hparams:
         print(f"{i:>5}  {s.hash:<16}  {s.method:<21} {s.dataset + '/' + s.domain:<26} {s.setting:<7} {s.seed:>4}  "
               f"{s.model:<16} {'complete' if complete else 'to run'}")
         if show_hparams:
-            print("       hparams: " + " ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(s.hparams.items())))
+            print("       hparams: " + " ".join(f"{k}={format_value(v)}" for k, v in sorted(s.hparams.items())))
             diffs = departures(s.method, s.hparams, s.dataset)
-            print("       departures: " + (" ".join(f"{k}={_fmt_value(v)}" for k, v in diffs.items()) or "none"))
+            print("       departures: " + (" ".join(f"{k}={format_value(v)}" for k, v in diffs.items()) or "none"))
     per = Counter((s.model, s.method) for s in specs)
     print("runs per backbone and method: " + ", ".join(f"{m}/{meth} {n}" for (m, meth), n in sorted(per.items())))
     for line in not_applicable:
@@ -324,6 +327,7 @@ def _run(args: argparse.Namespace) -> int:
                 methods=args.methods or method_names(), datasets=args.datasets, seeds=args.seeds,
                 model=model, pretrained=pretrained, protocol=args.protocol, domains=args.domains,
                 settings=args.settings, overrides=overrides, with_validation=args.selection == "validation_domain",
+                grids=args.grids,
             ), not_applicable)
     except (SweepError, HyperParameterError, ModelError, KeyError) as err:
         raise UsageError(err.args[0] if err.args else str(err)) from err

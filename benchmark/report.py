@@ -76,14 +76,14 @@ def departures(method: str, hparams: dict[str, Any], dataset: str | None = None)
 def method_label(method: str, hparams: dict[str, Any], dataset: str | None = None) -> str:
     """The method name plus every departure from its recipe, e.g. ``ueo (epochs=10)``."""
     diffs = departures(method, hparams, dataset)
-    text = ", ".join(f"{k}={_fmt_value(v)}" for k, v in diffs.items())
+    text = ", ".join(f"{k}={format_value(v)}" for k, v in diffs.items())
     return f"{method} ({text})" if text else method
 
 
-def _fmt_value(value: Any) -> str:
+def format_value(value: Any) -> str:
     """A hyper-parameter value as it is written on the command line (lists without spaces)."""
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_fmt_value(v) for v in value) + "]"
+        return "[" + ",".join(format_value(v) for v in value) + "]"
     if isinstance(value, str) and (not value or " " in value):
         return repr(value)
     return str(value)

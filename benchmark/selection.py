@@ -226,10 +226,10 @@ def _require(best: tuple[str, float] | None, group: tuple, crit: str, basis: str
 
 def _short(method: str, point: str, dataset: str) -> str:
     """A point as its departures from the method's recipe on ``dataset`` (``recipe`` when none)."""
-    from benchmark.report import _fmt_value, departures
+    from benchmark.report import format_value, departures
 
     diffs = departures(method, json.loads(point), dataset)
-    return ", ".join(f"{k}={_fmt_value(v)}" for k, v in diffs.items()) or "recipe"
+    return ", ".join(f"{k}={format_value(v)}" for k, v in diffs.items()) or "recipe"
 
 
 def describe_pick(pick: Pick) -> str:

@@ -35,6 +35,8 @@ class SweepRequest:
     settings: list[str] | None = None
     overrides: dict[str, dict[str, Any]] | None = None
     with_validation: bool = False
+    grids: bool = False
+    """Also sweep each data set's own ``grids`` (the grid its ``overrides`` were selected from)."""
 
 
 DEFAULT_SETTINGS = ["oda"]
@@ -164,7 +166,10 @@ def build_sweep(req: SweepRequest, not_applicable: list[str] | None = None) -> l
             layers = {}
             for layer in (ds.recipes.get(method, {}), ds.overrides.get(method, {})):
                 layers.update({k: v for k, v in layer.items() if k in known})
-            for point in expand_grid(method, (req.overrides or {}).get(method, {})):
+            asked = (req.overrides or {}).get(method, {})
+            if req.grids:
+                asked = {**{k: v for k, v in ds.grids.get(method, {}).items() if k in known}, **asked}
+            for point in expand_grid(method, asked):
                 hparams = cls.resolve_hparams({**layers, **point})
                 for domain in domains:
                     for setting in settings:

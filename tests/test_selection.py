@@ -99,3 +99,21 @@ def test_infomax_criterion_by_hand():
     assert infomax_criterion(p) == pytest.approx(math.log(2))
     assert infomax_criterion([[0.5, 0.5], [0.5, 0.5]]) == pytest.approx(0.0)
     assert json.dumps(infomax_criterion([[0.9, 0.1]]))  # a finite number
+
+
+def test_cli_grids_add_the_validation_domain_and_rules_are_checked(tmp_path, capsys):
+    from benchmark.cli import main
+
+    assert main(["--methods", "ueo", "--grids", "--selection", "validation_domain", "--seeds", "1", "--dry-run",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: 20 runs" in out and "synthetic/fog" in out  # 4 grid points x (4 targets + fog)
+    assert main(["--methods", "ueo", "--cfg-options", "ueo.lr=[1e-3,1e-2]", "ueo.epochs=1", "--seeds", "1",
+                 "--domains", "sketch", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main(["--report-only", "--selection", "oracle", "--out", str(tmp_path / "run")]) == 0
+    md = (tmp_path / "run" / "leaderboard.md").read_text()
+    rows = (tmp_path / "run" / "leaderboard.csv").read_text().splitlines()[1:]
+    assert "ORACLE, an upper bound" in md and len(rows) == 1 and '"ueo (epochs=1, lr=' in rows[0]
+    assert main(["--report-only", "--selection", "best", "--out", str(tmp_path / "run")]) == 2
+    assert "rules: fixed, validation_domain, unsupervised, oracle" in capsys.readouterr().err
