@@ -252,11 +252,20 @@ class ClipClassifier(nn.Module):
         return self._fixed_text_features(tuple(templates))
 
     def _encode_prompt_embeddings(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """open_clip's ``encode_text`` from token embeddings instead of token ids (for CoOp)."""
+        """open_clip's ``encode_text`` from token embeddings instead of token ids (for CoOp).
+
+        With the causal mask of CLIP's text tower (and pooling at the end token) the positions
+        after the last end token change nothing, so the sequences are cut there: the same
+        features for less work (prompts fill about 20 of the 32 or 77 positions).
+        """
         clip = self.clip
         cast = clip.transformer.get_cast_dtype()
-        x = x.to(cast) + clip.positional_embedding.to(cast)
-        x = clip.transformer(x, attn_mask=clip.attn_mask)
+        mask = clip.attn_mask
+        if clip.text_pool_type == "argmax" and mask is not None:
+            length = int(tokens.argmax(dim=-1).max()) + 1
+            x, tokens, mask = x[:, :length], tokens[:, :length], mask[:length, :length]
+        x = x.to(cast) + clip.positional_embedding[: x.shape[1]].to(cast)
+        x = clip.transformer(x, attn_mask=mask)
         x = clip.ln_final(x)
         x = open_clip.transformer.text_global_pool(
             x, tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None)

@@ -43,9 +43,9 @@ DOMAIN_RECIPES: dict[str, tuple[str, str]] = {
     "sketch": ("sketch", "aged"),
     "painting": ("painting", "cast"),
     "clipart": ("clipart", "clutter"),
-    "fog": ("photo", "fog"),
+    "fog": ("painting", "fog"),
 }
-"""Each domain of the benchmark: (rendering style, shift). ``fog`` is the validation domain."""
+"""Each domain of the benchmark: (rendering style, shift). ``fog`` (foggy paintings) is the validation domain."""
 
 DOMAINS: list[str] = list(DOMAIN_RECIPES)
 """The benchmark's domains, in order: four targets, then the validation domain."""
@@ -318,7 +318,7 @@ def _aged(rng: np.random.Generator, img: np.ndarray, d: np.ndarray, k: float) ->
     n, size = img.shape[0], img.shape[1]
     paper = np.array([0.86, 0.78, 0.55], dtype=_F)
     blotch = _F(0.06) * _smooth_noise(rng, n, size, 5, 1)
-    return _F(0.5) * img * np.array([1.0, 0.93, 0.75], dtype=_F) + _F(0.5) * paper + blotch
+    return _F(0.65) * img * np.array([1.0, 0.93, 0.75], dtype=_F) + _F(0.35) * paper + blotch
 
 
 def _cast(rng: np.random.Generator, img: np.ndarray, d: np.ndarray, k: float) -> np.ndarray:
