@@ -16,10 +16,11 @@ import functools
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from benchmark.records import atomic_write
 
 FORMAT = 2
 """Version of the key and file format; bump when the feature computation changes."""
@@ -82,15 +83,7 @@ class FeatureCache:
         self.root.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save(feats.detach().cpu().contiguous(), buf)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buf.getvalue())
-            os.replace(tmp, self.root / f"{key}.pt")
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.root / f"{key}.pt", buf.getvalue())
 
 
 def _encoder_frozen(model) -> bool:

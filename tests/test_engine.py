@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -125,6 +127,16 @@ def test_records_atomic_and_complete(tmp_path):
     (tmp_path / "runs" / "broken").mkdir()
     (tmp_path / "runs" / "broken" / "result.json").write_text("{not json")
     assert [r["status"] for r in load_records(tmp_path)] == ["done"]
+
+
+def test_atomic_writes_get_an_ordinary_files_mode(tmp_path):
+    """Reports and records are readable like any file the user writes (mkstemp alone gives 0600)."""
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o644
 
 
 def test_spec_hash_is_stable_and_order_free():
