@@ -26,6 +26,10 @@ from benchmark.losses import softmax_entropy
 from benchmark.model import LOGIT_SCALE
 from benchmark.registry import register_method
 
+INIT_LOSS_SCALE = 1000.0
+"""TPT's ``GradScaler(init_scale=1000)`` (tpt_classification.py:149)."""
+GROWTH_INTERVAL = 2000
+"""Steps without overflow before the scale doubles: torch's ``GradScaler`` default, which TPT keeps."""
 
 def confident_views(logits: torch.Tensor, fraction: float) -> torch.Tensor:
     """(B, k) indices of each image's ``k = int(V * fraction)`` lowest-entropy views of (B, V, K) logits.
@@ -88,6 +92,7 @@ class TPT(Adapter):
         ctx = self.model.enable_prompt_learning(self.hp["n_ctx"], self.hp["ctx_init"] or None)
         self.model.eval()
         ctx.requires_grad_(True)
+        self.loss_scale, self.finite_images = INIT_LOSS_SCALE, 0  # fp16's scale lives along the stream
         if self.hp["views"] < 1 or not 0 < self.hp["selection"] <= 1 or self.hp["steps"] < 1:
             raise ValueError("tpt needs views >= 1, 0 < selection <= 1 and steps >= 1")
         return [ctx]
@@ -155,8 +160,6 @@ class TPT(Adapter):
         tpt_classification.py:149): gradients are unscaled, an image whose gradient overflows keeps
         its context (its step is skipped) and halves the scale, which doubles after 2000 images
         without overflow. Within one batch every image uses the scale the batch started with."""
-        if not hasattr(self, "loss_scale"):
-            self.loss_scale, self.finite_images = 1000.0, 0
         (loss.sum() * self.loss_scale).backward()
         ctx.grad.div_(self.loss_scale)
         finite = torch.isfinite(ctx.grad).flatten(1).all(dim=1)
@@ -168,7 +171,7 @@ class TPT(Adapter):
         overflows = int((~finite).sum())
         self.loss_scale *= 0.5 ** overflows
         self.finite_images = 0 if overflows else self.finite_images + len(finite)
-        if self.finite_images >= 2000:
+        if self.finite_images >= GROWTH_INTERVAL:
             self.loss_scale, self.finite_images = self.loss_scale * 2, 0
 
     def stream_step(self, batch: dict) -> torch.Tensor:
