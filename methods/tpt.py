@@ -31,6 +31,7 @@ INIT_LOSS_SCALE = 1000.0
 GROWTH_INTERVAL = 2000
 """Steps without overflow before the scale doubles: torch's ``GradScaler`` default, which TPT keeps."""
 
+
 def confident_views(logits: torch.Tensor, fraction: float) -> torch.Tensor:
     """(B, k) indices of each image's ``k = int(V * fraction)`` lowest-entropy views of (B, V, K) logits.
 
