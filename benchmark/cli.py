@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mmengine.config import DictAction
 
-from benchmark.model import EMBEDDED_MODEL, EMBEDDED_TAG
+from benchmark.model.clip import EMBEDDED_MODEL, EMBEDDED_TAG
 
 DEFAULT_DATASET = "synthetic"
 DEFAULT_SEEDS = [1, 2, 3]
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     from benchmark.data import dataset_names
     from benchmark.registry import LAUNCHERS, method_names
 
-    import benchmark.launchers  # noqa: F401  (registers the launchers)
+    import benchmark.run.launchers  # noqa: F401  (registers the launchers)
 
     p = argparse.ArgumentParser(
         prog="run_bench.py",
@@ -111,8 +111,8 @@ def _launcher_cfg(args: argparse.Namespace) -> dict:
 
 def _add_report_options(p: argparse.ArgumentParser) -> None:
     """Options of the report (tables, statistics, plots) that every run and ``--report-only`` end with."""
-    from benchmark.metrics import METRIC_NAMES
-    from benchmark.report import ALL_METRICS, DEFAULT_ALPHA, DEFAULT_BASELINE, DEFAULT_METRICS
+    from benchmark.core.metrics import METRIC_NAMES
+    from benchmark.report.build import ALL_METRICS, DEFAULT_ALPHA, DEFAULT_BASELINE, DEFAULT_METRICS
 
     g = p.add_argument_group("report")
     g.add_argument("--metrics", nargs="+", choices=ALL_METRICS, default=list(DEFAULT_METRICS), metavar="METRIC",
@@ -124,9 +124,9 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
                    help="N seeded resamples of the test samples for 95%% intervals (default: 0 = off)")
     g.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help=f"significance level of the tests and the critical difference (default: {DEFAULT_ALPHA})")
-    from benchmark.scores import score_names
+    from benchmark.adapt.scores import score_names
 
-    from benchmark.selection import DEFAULT_METRIC, DEFAULT_RULE, RULES
+    from benchmark.report.selection import DEFAULT_METRIC, DEFAULT_RULE, RULES
 
     g.add_argument("--selection", default=DEFAULT_RULE, metavar="RULE",
                    help=f"how one hyper-parameter point per method is kept: {', '.join(RULES)} (default: "
@@ -145,7 +145,7 @@ def _report_options(args: argparse.Namespace) -> dict:
         raise UsageError(f"--bootstrap must be 0 (off) or a positive number of resamples, got {args.bootstrap}")
     if not 0.0 < args.alpha < 1.0:
         raise UsageError(f"--alpha must lie in (0, 1), got {args.alpha}")
-    from benchmark.selection import RULES
+    from benchmark.report.selection import RULES
 
     if args.selection not in RULES:
         raise UsageError(f"unknown --selection {args.selection!r}; rules: {', '.join(RULES)}")
@@ -276,8 +276,8 @@ def _print_plan(specs: list, out: Path, not_applicable: list[str], show_hparams:
     """
     from collections import Counter
 
-    from benchmark.records import is_complete
-    from benchmark.report import format_value, departures
+    from benchmark.core.records import is_complete
+    from benchmark.report.build import format_value, departures
 
     print(f"{'#':>5}  {'hash':<16}  {'method':<21} {'dataset/domain':<26} {'setting':<7} {'seed':>4}  "
           f"{'model':<16} state")
@@ -299,11 +299,11 @@ def _print_plan(specs: list, out: Path, not_applicable: list[str], show_hparams:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from benchmark.adapter import HyperParameterError
-    from benchmark.model import ModelError, resolve_pretrained
+    from benchmark.adapt.adapter import HyperParameterError
+    from benchmark.model.clip import ModelError, resolve_pretrained
     from benchmark.registry import LAUNCHERS, method_names
-    from benchmark.report import write_report
-    from benchmark.sweep import SweepError, SweepRequest, build_sweep, parse_cfg_options
+    from benchmark.report.build import write_report
+    from benchmark.run.sweep import SweepError, SweepRequest, build_sweep, parse_cfg_options
 
     out: Path = args.out
     report_options = _report_options(args)
@@ -356,7 +356,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_precision(specs: list, device: str) -> None:
     """Every run's ``precision`` must run on ``device`` (only fp32 on a CPU): exit 2 before anything runs."""
-    from benchmark.precision import PrecisionError, effective_precision
+    from benchmark.model.precision import PrecisionError, effective_precision
     from benchmark.registry import get_method
 
     for spec in specs:

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmark.records import load_records  # noqa: E402
+from benchmark.core.records import load_records  # noqa: E402
 
 COMMANDS = {"default": [], "zero_shot": ["--methods", "zero_shot"]}
 

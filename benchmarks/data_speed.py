@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.data import get_spec, load_split  # noqa: E402
 from benchmark.data.images import default_threads  # noqa: E402
-from benchmark.unlabeled import UnlabeledData  # noqa: E402
+from benchmark.adapt.unlabeled import UnlabeledData  # noqa: E402
 
 BATCH = 64
 

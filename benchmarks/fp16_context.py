@@ -4,7 +4,7 @@ The official UEO code trains an fp16 context with plain SGD (no fp32 master copy
 scaling; tim-learn/UEO demo.py:22, 32-33, 450). An update smaller than half the spacing of fp16
 numbers at the parameter's value rounds away. This script emulates that on a CPU (the harness
 itself only runs fp32 there): the tiny model is converted as ``clip.load`` converts on a GPU
-(``benchmark.precision.to_fp16_weights``), so the context is an fp16 tensor updated in fp16.
+(``benchmark.model.precision.to_fp16_weights``), so the context is an fp16 tensor updated in fp16.
 
     python benchmarks/fp16_context.py [--domain sketch] [--epochs 5] [--lr 1e-4]
 
@@ -23,11 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.data import load_split  # noqa: E402
-from benchmark.evaluate import fit_thresholds, predict_set, score_predictions  # noqa: E402
-from benchmark.model import ClipClassifier, load_clip  # noqa: E402
-from benchmark.precision import to_fp16_weights  # noqa: E402
+from benchmark.run.evaluate import fit_thresholds, predict_set, score_predictions  # noqa: E402
+from benchmark.model.clip import ClipClassifier, load_clip  # noqa: E402
+from benchmark.model.precision import to_fp16_weights  # noqa: E402
 from benchmark.registry import get_method  # noqa: E402
-from benchmark.unlabeled import UnlabeledData  # noqa: E402
+from benchmark.adapt.unlabeled import UnlabeledData  # noqa: E402
 
 
 def half_ulp(x: torch.Tensor) -> torch.Tensor:

@@ -29,8 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmark.model import ClipClassifier, load_clip  # noqa: E402
-from benchmark.records import load_records  # noqa: E402
+from benchmark.model.clip import ClipClassifier, load_clip  # noqa: E402
+from benchmark.core.records import load_records  # noqa: E402
 from benchmark.registry import get_method  # noqa: E402
 
 CLASSES = [f"class {i}" for i in range(65)]

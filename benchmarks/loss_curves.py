@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scipy import stats  # noqa: E402
 
-from benchmark.records import load_records  # noqa: E402
+from benchmark.core.records import load_records  # noqa: E402
 
 
 def second_half_trend(losses: list[float]) -> tuple[float, float, float]:

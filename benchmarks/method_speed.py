@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.data import get_spec, load_split  # noqa: E402
-from benchmark.evaluate import predict_set  # noqa: E402
-from benchmark.model import TEMPLATE_SETS, ClipClassifier, load_clip  # noqa: E402
+from benchmark.run.evaluate import predict_set  # noqa: E402
+from benchmark.model.clip import TEMPLATE_SETS, ClipClassifier, load_clip  # noqa: E402
 from benchmark.registry import get_method, method_names  # noqa: E402
-from benchmark.unlabeled import UnlabeledData  # noqa: E402
+from benchmark.adapt.unlabeled import UnlabeledData  # noqa: E402
 
 MODELS = {"embedded": ("clipbench-tiny", "embedded"), "vit": ("ViT-B-16", "none")}
 

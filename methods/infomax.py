@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.losses import infomax_loss
+from benchmark.adapt.losses import infomax_loss
 from benchmark.registry import register_method
-from benchmark.unlabeled import UnlabeledData
+from benchmark.adapt.unlabeled import UnlabeledData
 from methods.ueo import UEO
 
 

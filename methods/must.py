@@ -31,14 +31,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.adapter import Adapter
-from benchmark.ema import EmaTeacher, ramped_decay
-from benchmark.masking import masked_alignment, masked_l1, normalize_patches, patchify, random_block_mask
-from benchmark.augment import Augment
-from benchmark.model import LOGIT_SCALE, TEMPLATE_SETS
+from benchmark.adapt.adapter import Adapter
+from benchmark.adapt.ema import EmaTeacher, ramped_decay
+from benchmark.adapt.masking import masked_alignment, masked_l1, normalize_patches, patchify, random_block_mask
+from benchmark.adapt.augment import Augment
+from benchmark.model.clip import LOGIT_SCALE, TEMPLATE_SETS
 from benchmark.registry import register_method
-from benchmark.selftrain import fairness_loss
-from benchmark.unlabeled import UnlabeledData
+from benchmark.adapt.selftrain import fairness_loss
+from benchmark.adapt.unlabeled import UnlabeledData
 
 
 class CosineHead(nn.Module):

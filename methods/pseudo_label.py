@@ -32,12 +32,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from benchmark.adapter import Adapter
-from benchmark.features import frozen_image_features
-from benchmark.model import LOGIT_SCALE
+from benchmark.adapt.adapter import Adapter
+from benchmark.model.features import frozen_image_features
+from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
-from benchmark.selftrain import class_balanced_topk, confident
-from benchmark.unlabeled import UnlabeledData
+from benchmark.adapt.selftrain import class_balanced_topk, confident
+from benchmark.adapt.unlabeled import UnlabeledData
 
 CTX_INIT_STD = 0.02
 """Standard deviation of CoOp's random context initialisation (also used for ensemble members)."""

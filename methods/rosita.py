@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.adapter import Adapter
-from benchmark.augment import Augment
-from benchmark.known_split import grid_otsu
-from benchmark.model import LOGIT_SCALE
+from benchmark.adapt.adapter import Adapter
+from benchmark.adapt.augment import Augment
+from benchmark.adapt.known_split import grid_otsu
+from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
 
 STREAM_CHUNK = 32

@@ -25,11 +25,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from benchmark.adapter import Adapter
-from benchmark.augment import Augment, image_generators
-from benchmark.model import LOGIT_SCALE
+from benchmark.adapt.adapter import Adapter
+from benchmark.adapt.augment import Augment, image_generators
+from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
-from methods.tpt import confident_views, marginal_entropy
+from benchmark.adapt.views import confident_views, marginal_entropy
 
 
 class ClassCache:

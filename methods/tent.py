@@ -6,10 +6,10 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from benchmark.adapter import Adapter
-from benchmark.losses import softmax_entropy
+from benchmark.adapt.adapter import Adapter
+from benchmark.adapt.losses import softmax_entropy
 from benchmark.registry import register_method
-from benchmark.unlabeled import UnlabeledData
+from benchmark.adapt.unlabeled import UnlabeledData
 
 RECIPES: dict[str, dict[str, Any]] = {
     "imagenet": {"optimizer": "sgd", "lr": 2.5e-4, "momentum": 0.9, "nesterov": True, "batch_size": 64},

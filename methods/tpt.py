@@ -15,44 +15,19 @@ tuning the images one after the other; the image encoder is frozen, so each view
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 
-from benchmark.adapter import Adapter
-from benchmark.augment import Augment, image_generators
-from benchmark.losses import softmax_entropy
-from benchmark.model import LOGIT_SCALE
+from benchmark.adapt.adapter import Adapter
+from benchmark.adapt.augment import Augment
+from benchmark.adapt.views import confident_views, marginal_entropy, view_features
+from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
 
 INIT_LOSS_SCALE = 1000.0
 """TPT's ``GradScaler(init_scale=1000)`` (tpt_classification.py:149)."""
 GROWTH_INTERVAL = 2000
 """Steps without overflow before the scale doubles: torch's ``GradScaler`` default, which TPT keeps."""
-
-
-def confident_views(logits: torch.Tensor, fraction: float) -> torch.Tensor:
-    """(B, k) indices of each image's ``k = int(V * fraction)`` lowest-entropy views of (B, V, K) logits.
-
-    TPT's ``select_confident_samples`` (tpt_classification.py:41-44): ascending entropy, the
-    first ``int(V * top)``; ties keep the lower view index.
-    """
-    k = max(1, int(logits.shape[1] * fraction))
-    entropy = softmax_entropy(logits.flatten(0, 1)).view(logits.shape[:2])
-    return entropy.argsort(dim=1, stable=True)[:, :k]
-
-
-def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """(B,) entropy of the mean of the views' probabilities, ``H(mean_v softmax(z_v))``, of (B, V, K) logits.
-
-    TPT's ``avg_entropy`` (tpt_classification.py:46-51): ``log mean_v p_v`` as
-    ``logsumexp_v log_softmax(z_v) - log V``, clamped at the type's minimum, then ``-sum p log p``.
-    """
-    log_p = logits.float().log_softmax(dim=-1)
-    avg = torch.logsumexp(log_p, dim=1) - math.log(logits.shape[1])
-    avg = avg.clamp(min=torch.finfo(avg.dtype).min)
-    return -(avg * avg.exp()).sum(dim=-1)
 
 
 @register_method
@@ -114,24 +89,9 @@ class TPT(Adapter):
     def needs_full(self) -> bool:
         return True
 
-    @torch.no_grad()
     def view_features(self, batch: dict) -> torch.Tensor:
-        """(B, V, D) features of every image's original view and ``views - 1`` augmented views.
-
-        Each image's views come from a generator seeded by the run seed and the image's position
-        in the stream, so they do not depend on which images share a batch.
-        """
-        original = self.model.image_features(batch["images"])
-        n_aug = self.hp["views"] - 1
-        if n_aug == 0:
-            return original.unsqueeze(1)
-        augment = self.view_augment()
-        raw = batch["raw"]
-        generators = image_generators(self.seed, batch["index"])
-        augmented = torch.cat([augment(raw.select(slice(row, row + 1)).repeat(n_aug), g)
-                               for row, g in enumerate(generators)])
-        feats = torch.cat([self.model.image_features(chunk) for chunk in augmented.split(256)])
-        return torch.cat([original.unsqueeze(1), feats.view(original.shape[0], n_aug, -1)], dim=1)
+        """(B, V, D) features of every image's original view and ``views - 1`` augmented views."""
+        return view_features(self.model, batch, self.hp["views"], self.view_augment(), self.seed)
 
     def tune(self, feats: torch.Tensor) -> torch.Tensor:
         """Tune one context per image on its (B, V, D) view features; returns the tuned (B, n_ctx, D) contexts."""

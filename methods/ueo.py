@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from benchmark.adapter import Adapter
-from benchmark.features import frozen_image_features
-from benchmark.losses import ueo_confidence_weights, ueo_loss
+from benchmark.adapt.adapter import Adapter
+from benchmark.model.features import frozen_image_features
+from benchmark.adapt.losses import ueo_confidence_weights, ueo_loss
 from benchmark.registry import register_method
-from benchmark.unlabeled import UnlabeledData
+from benchmark.adapt.unlabeled import UnlabeledData
 
 
 @register_method

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.known_split import gmm2_posteriors
-from benchmark.losses import softmax_entropy
+from benchmark.adapt.known_split import gmm2_posteriors
+from benchmark.adapt.losses import softmax_entropy
 from benchmark.registry import register_method
 from methods.tent import Tent
 

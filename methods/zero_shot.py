@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.adapter import Adapter
-from benchmark.model import LOGIT_SCALE
+from benchmark.adapt.adapter import Adapter
+from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
 
 

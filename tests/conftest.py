@@ -11,8 +11,8 @@ import open_clip
 import pytest
 import torch
 
-from benchmark.model import ClipClassifier, load_clip
-from benchmark.unlabeled import UnlabeledData
+from benchmark.model.clip import ClipClassifier, load_clip
+from benchmark.adapt.unlabeled import UnlabeledData
 
 CONFIGS = Path(__file__).parent / "configs"
 CLASSNAMES = ["circle", "square", "triangle", "star", "Alarm_Clock"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from benchmark.metrics import METRIC_NAMES, open_set_metrics
-from benchmark.records import load_records
+from benchmark.core.metrics import METRIC_NAMES, open_set_metrics
+from benchmark.core.records import load_records
 
 FAST = ["--datasets", "synthetic", "--domains", "photo", "sketch", "--seeds", "1"]
 
@@ -50,7 +50,7 @@ def test_writes_records_and_leaderboard(zero_shot_out: Path):
 
 def test_metrics_recompute_from_preds(zero_shot_out: Path):
     """Every score's metrics from preds.npz alone; the H-score's threshold is Otsu's on the adapt scores."""
-    from benchmark.metrics import otsu_threshold
+    from benchmark.core.metrics import otsu_threshold
 
     for rec in load_records(zero_shot_out):
         with np.load(Path(rec["_dir"]) / "preds.npz") as z:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.adapter import Adapter, HyperParameterError
-from benchmark.records import is_complete, load_records, read_result, spec_hash, write_json, write_npz
+from benchmark.adapt.adapter import Adapter, HyperParameterError
+from benchmark.core.records import is_complete, load_records, read_result, spec_hash, write_json, write_npz
 from benchmark.registry import get_method, method_names
 from tests.conftest import make_classifier, make_data
 
@@ -155,7 +155,7 @@ def test_registry_lists_names_on_unknown_method():
 
 def test_a_context_initialised_from_words_equals_the_fixed_prompt():
     """The learnable prompt path (cut after the end token) gives the features of the written prompt."""
-    from benchmark.model import ClipClassifier, load_clip
+    from benchmark.model.clip import ClipClassifier, load_clip
 
     model = ClipClassifier(load_clip("clipbench-tiny", "embedded"), ["circle", "square", "Alarm_Clock"])
     fixed = model.class_embeddings(("a photo of a {}.",))

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from benchmark.cli import main
-from benchmark.features import FeatureCache, frozen_image_features
-from benchmark.records import load_records
+from benchmark.model.features import FeatureCache, frozen_image_features
+from benchmark.core.records import load_records
 from methods.pseudo_label import PseudoLabel
 from methods.ueo import UEO
 from tests.conftest import make_classifier, make_data

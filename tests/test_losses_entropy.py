@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from benchmark.losses import entropy, infomax_loss, softmax_entropy, ueo_confidence_weights, ueo_loss
+from benchmark.adapt.losses import entropy, infomax_loss, softmax_entropy, ueo_confidence_weights, ueo_loss
 
 EPS = 1e-5
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import benchmark.runner as runner
+import benchmark.run.runner as runner
 from benchmark.cli import main
-from benchmark.records import load_records
+from benchmark.core.records import load_records
 from benchmark.registry import get_method, method_names
-from benchmark.runner import RunSpec, execute
-from benchmark.scores import score_names
-from benchmark.sweep import SweepRequest, build_sweep
+from benchmark.run.runner import RunSpec, execute
+from benchmark.adapt.scores import score_names
+from benchmark.run.sweep import SweepRequest, build_sweep
 
 SHORT = {"epochs": 1}
 
@@ -97,10 +97,10 @@ def test_labels_never_reach_a_method(method: str, tmp_path: Path, monkeypatch):
 
 
 def test_unlabeled_batches_carry_no_labels():
-    from benchmark.unlabeled import UnlabeledData
+    from benchmark.adapt.unlabeled import UnlabeledData
     import torch
 
-    from benchmark.augment import Augment
+    from benchmark.adapt.augment import Augment
 
     data = UnlabeledData(torch.zeros(5, 3, 8, 8, dtype=torch.uint8))
     batch = next(data.batches(4, views={"images": Augment("none"), "images_strong": Augment("rrc")}))
@@ -111,8 +111,8 @@ def test_unlabeled_batches_carry_no_labels():
 
 PLUGIN = '''
 """A user's own method, kept outside the repository."""
-from benchmark.adapter import Adapter
-from benchmark.losses import softmax_entropy
+from benchmark.adapt.adapter import Adapter
+from benchmark.adapt.losses import softmax_entropy
 from benchmark.registry import register_method
 
 

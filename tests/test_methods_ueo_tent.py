@@ -12,8 +12,8 @@ import torch.nn.functional as F
 import methods.infomax
 import methods.tent
 import methods.ueo
-from benchmark.adapter import Adapter, HyperParameterError, NonFiniteLoss
-from benchmark.model import ClipClassifier
+from benchmark.adapt.adapter import Adapter, HyperParameterError, NonFiniteLoss
+from benchmark.model.clip import ClipClassifier
 from benchmark.registry import get_method
 from tests.conftest import CLASSNAMES, make_classifier, make_data
 

@@ -1,4 +1,4 @@
-"""Tests of benchmark.metrics: hand-computed cases, bounds, brute-force cross-checks."""
+"""Tests of benchmark.core.metrics: hand-computed cases, bounds, brute-force cross-checks."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmark.metrics import (
+from benchmark.core.metrics import (
     HIGHER_IS_BETTER,
     METRIC_NAMES,
     accuracy,

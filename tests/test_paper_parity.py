@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.augment import Augment, ImageBatch, crop_resample, resize_crop_boxes, rrc_boxes
+from benchmark.adapt.augment import Augment, ImageBatch, crop_resample, resize_crop_boxes, rrc_boxes
 from benchmark.cli import main
-from benchmark.precision import PrecisionError, effective_precision, to_fp16_weights
+from benchmark.model.precision import PrecisionError, effective_precision, to_fp16_weights
 from benchmark.registry import get_method
-from benchmark.report import departures, method_label
-from benchmark.sweep import SweepRequest, build_sweep, recipe_hparams
+from benchmark.report.build import departures, method_label
+from benchmark.run.sweep import SweepRequest, build_sweep, recipe_hparams
 from conftest import make_classifier, make_data
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "ueo_paper.py")
@@ -148,7 +148,7 @@ def test_full_view_of_a_file_keeps_the_whole_image(tmp_path: Path):
 
 
 def test_runner_loads_the_full_view_for_augmenting_methods(tmp_path: Path):
-    from benchmark.records import load_records
+    from benchmark.core.records import load_records
 
     assert main(["--methods", "ueo", "zero_shot", "--domains", "sketch", "--seeds", "1", "--out", str(tmp_path),
                  "--cfg-options", "ueo.epochs=1"]) == 0

@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.ema import EmaTeacher, ema_update_, ramped_decay
-from benchmark.masking import masked_alignment, masked_l1, normalize_patches, patchify, random_block_mask
-from benchmark.model import IMAGENET_TEMPLATES
+from benchmark.adapt.ema import EmaTeacher, ema_update_, ramped_decay
+from benchmark.adapt.masking import masked_alignment, masked_l1, normalize_patches, patchify, random_block_mask
+from benchmark.model.clip import IMAGENET_TEMPLATES
 from benchmark.registry import get_method
-from benchmark.selftrain import class_balanced_topk, confident, fairness_loss
+from benchmark.adapt.selftrain import class_balanced_topk, confident, fairness_loss
 from conftest import make_classifier, make_data
 
 # Rows: predicted class (argmax), MSP. Class 3 is never predicted.

@@ -14,7 +14,7 @@ from PIL import Image
 
 from benchmark.cli import main
 from benchmark.data.cache import CACHE_ENV, CACHE_FOLDER
-from benchmark.records import load_records
+from benchmark.core.records import load_records
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*incomplete data")
 

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.report import ALL_METRICS, write_report
-from benchmark.reported import REPORTED_COLUMNS, load_reported, reported_files
+from benchmark.report.build import ALL_METRICS, write_report
+from benchmark.report.reported import REPORTED_COLUMNS, load_reported, reported_files
 
 GOLDEN = Path(__file__).parent / "golden"
 EXPECTED = GOLDEN / "expected"

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from benchmark.selection import SelectionError, infomax_criterion, select
+from benchmark.report.selection import SelectionError, infomax_criterion, select
 
 LR = {"a": 1e-4, "b": 1e-3}
 # hm_accpc_auroc of the msp_cos score per (point, domain), the same for both seeds

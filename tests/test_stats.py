@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from benchmark import stats
-from benchmark.metrics import accuracy, auroc, harmonic_mean, per_class_accuracy
+from benchmark.report import stats
+from benchmark.core.metrics import accuracy, auroc, harmonic_mean, per_class_accuracy
 
 # Demšar (JMLR 2006), Table 5(a): q_0.05 of the two-tailed Nemenyi test for k = 2..10.
 DEMSAR_Q05 = [1.960, 2.343, 2.569, 2.728, 2.850, 2.949, 3.031, 3.102, 3.164]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from benchmark.records import RESULT, is_complete, load_records
-from benchmark.runner import LOCK, RunSpec, execute, run_lock
+from benchmark.core.records import RESULT, is_complete, load_records
+from benchmark.run.runner import LOCK, RunSpec, execute, run_lock
 
 REPO = Path(__file__).resolve().parent.parent
 ONE = ["--datasets", "synthetic", "--domains", "sketch", "--methods", "zero_shot", "--seeds", "1", "2"]
@@ -51,7 +51,7 @@ def _metrics(out: Path) -> dict[tuple, str]:
 
 def test_failures_are_isolated_recorded_and_reported(tmp_path: Path, monkeypatch, capsys):
     """A data error on one domain and a NaN loss in one method: the rest runs, exit 1, all reported."""
-    import benchmark.runner as runner
+    import benchmark.run.runner as runner
 
     plugin = tmp_path / "nan_plugin.py"
     plugin.write_text(NAN_PLUGIN)

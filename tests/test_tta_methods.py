@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.known_split import gmm2_posteriors, grid_otsu
+from benchmark.adapt.known_split import gmm2_posteriors, grid_otsu
 from benchmark.registry import get_method
-from benchmark.unlabeled import UnlabeledData
+from benchmark.adapt.unlabeled import UnlabeledData
 from conftest import CLASSNAMES, make_classifier, make_data
 from methods.tda import ClassCache, cache_logits
-from methods.tpt import confident_views, marginal_entropy
+from benchmark.adapt.views import confident_views, marginal_entropy
 
 K = len(CLASSNAMES)
 

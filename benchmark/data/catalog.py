@@ -9,10 +9,10 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from benchmark.core.paths import DATASETS_DIR
 from benchmark.data.errors import UnknownNameError
 from benchmark.data.spec import SPEC_FILE, DatasetSpec, parse_spec
 
-DATASETS_DIR = Path(__file__).resolve().parents[2] / "datasets"
 
 _cache: dict[Path, tuple[int, DatasetSpec]] = {}
 

@@ -36,7 +36,7 @@ bone, zigzag), which shifted styles drift towards, are known, keeping the OOD sc
 on every style. Reordering changes every rendered image and needs new weights."""
 
 STYLES: list[str] = ["photo", "sketch", "painting", "clipart"]
-"""Rendering styles, all seen in pre-training (``benchmark.pretrain_tiny``)."""
+"""Rendering styles, all seen in pre-training (``benchmark.tools.pretrain_tiny``)."""
 
 DOMAIN_RECIPES: dict[str, tuple[str, str]] = {
     "photo": ("photo", "dusk"),

@@ -11,7 +11,7 @@ Two groups of the embedded benchmark with synthetic predictions:
 Predictions are drawn per method with a method- and domain-dependent accuracy and separation of
 known and unknown scores (rounded to create ties), under two OOD scores: ``msp_cos`` (the
 headline) and ``msp`` (a noisier copy, for ``--score``); metrics are computed from them with
-:func:`benchmark.evaluate.score_predictions`, so they can be recomputed from ``preds.npz``.
+:func:`benchmark.run.evaluate.score_predictions`, so they can be recomputed from ``preds.npz``.
 Usage: ``PYTHONPATH=. python tests/golden/make_records.py`` (then regenerate the expected outputs with
 ``CLIPBENCH_UPDATE_GOLDEN=1 pytest tests/test_report.py``).
 """
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmark import PROTOCOL_VERSION
-from benchmark.evaluate import fit_thresholds, score_predictions
-from benchmark.records import PREDS, RESULT, spec_hash, write_json, write_npz
+from benchmark.run.evaluate import fit_thresholds, score_predictions
+from benchmark.core.records import PREDS, RESULT, spec_hash, write_json, write_npz
 
 ROOT = Path(__file__).parent / "runs"
 K, TOTAL, PER_CLASS = 15, 20, 6

@@ -29,12 +29,13 @@ import numpy as np
 import torch
 
 from benchmark import PROTOCOL_VERSION
-from benchmark.features import FeatureCache, frozen_image_features
-from benchmark.model import TEMPLATE_SETS, ClipClassifier, load_clip, resolve_pretrained
-from benchmark.profiling import Profiler
-from benchmark.records import PREDS, RESULT, is_complete, read_result, spec_hash, write_json, write_npz
+from benchmark.core.paths import REPO_ROOT
+from benchmark.model.features import FeatureCache, frozen_image_features
+from benchmark.model.clip import TEMPLATE_SETS, ClipClassifier, load_clip, resolve_pretrained
+from benchmark.adapt.profiling import Profiler
+from benchmark.core.records import PREDS, RESULT, is_complete, read_result, spec_hash, write_json, write_npz
 from benchmark.registry import get_method
-from benchmark.unlabeled import UnlabeledData
+from benchmark.adapt.unlabeled import UnlabeledData
 
 LOCK = ".lock"
 """``flock``-ed by the process computing a run; names its last holder (``host pid``)."""
@@ -133,7 +134,7 @@ def environment() -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO_ROOT
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
@@ -226,8 +227,8 @@ def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tupl
     set's predictions; online and episodic runs take the predictions made along the test stream
     (in the cell's seeded order) and fit both on them.
     """
-    from benchmark.evaluate import PredictionSink, as_prediction, fit_thresholds, predict_set, score_predictions
-    from benchmark.selection import LABEL_FREE, infomax_criterion
+    from benchmark.run.evaluate import PredictionSink, as_prediction, fit_thresholds, predict_set, score_predictions
+    from benchmark.report.selection import LABEL_FREE, infomax_criterion
 
     num_known = split.num_known
     arrays: dict[str, np.ndarray] = {}
@@ -274,7 +275,7 @@ def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tupl
 def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, device: str,
              profile: bool, feature_cache: bool) -> dict[str, Any]:
     from benchmark.data import get_spec
-    from benchmark.evaluate import REJECTION_RULE
+    from benchmark.run.evaluate import REJECTION_RULE
 
     record: dict[str, Any] = {"spec": spec.as_dict(), "hash": spec.hash, "started": _now(), "device": device}
     record.update(environment())

@@ -14,7 +14,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from benchmark.runner import RunSpec
+from benchmark.run.runner import RunSpec
 
 
 class SweepError(ValueError):
@@ -109,7 +109,7 @@ def is_vit_model(model: str) -> bool | None:
     """
     import open_clip
 
-    from benchmark.model import _register_repo_configs
+    from benchmark.model.clip import _register_repo_configs
 
     _register_repo_configs()
     cfg = open_clip.get_model_config(model)
@@ -154,7 +154,7 @@ def build_sweep(req: SweepRequest, not_applicable: list[str] | None = None) -> l
         bad = [s for s in settings if s not in valid_settings]
         if bad:
             raise SweepError(f"setting(s) {bad} not in protocol {req.protocol!r} of {ds_name}; valid: {', '.join(valid_settings)}")
-        from benchmark.scores import score_names
+        from benchmark.adapt.scores import score_names
 
         headline = ds.protocol(req.protocol).score
         if headline not in score_names():

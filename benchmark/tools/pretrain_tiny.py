@@ -8,9 +8,9 @@ captions often name the style ("a sketch of a star.") and otherwise come from st
 templates (CLIP's 80 ImageNet templates among them, so every template ensemble's words are
 trained). The benchmark's domains are shifted variants of these styles the model never saw.
 
-    python -m benchmark.pretrain_tiny                  # train, save, print the zero-shot table
-    python -m benchmark.pretrain_tiny --evaluate-only  # zero-shot table of the committed weights
-    python -m benchmark.pretrain_tiny --timing         # CPU cost of the image encoder
+    python -m benchmark.tools.pretrain_tiny                  # train, save, print the zero-shot table
+    python -m benchmark.tools.pretrain_tiny --evaluate-only  # zero-shot table of the committed weights
+    python -m benchmark.tools.pretrain_tiny --timing         # CPU cost of the image encoder
 
 The defaults (40 epochs of 10,000 images: 125 per class and style, batch 128: 3120 steps) take
 about 6 minutes on two idle CPU cores. Training is seeded and deterministic on CPU for a given
@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from benchmark.core.paths import DATASETS_DIR
 from benchmark.data.synthetic import CLASSES, DOMAINS, NUM_KNOWN, STYLES, render, render_style
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "clipbench-tiny"
-CONFIG_PATH = REPO_ROOT / "datasets" / "synthetic" / f"{MODEL_NAME}.json"
-WEIGHTS_PATH = REPO_ROOT / "datasets" / "synthetic" / f"{MODEL_NAME}.pt"
+CONFIG_PATH = DATASETS_DIR / "synthetic" / f"{MODEL_NAME}.json"
+WEIGHTS_PATH = DATASETS_DIR / "synthetic" / f"{MODEL_NAME}.pt"
 
 PRETRAIN_SEED = 12345
 """Seed of the pre-training images; the benchmark's evaluation data uses other seeds (0)."""
@@ -90,7 +90,7 @@ def caption_templates() -> tuple[dict[str, list[str]], list[str]]:
     CLIP's 80 ImageNet templates (``benchmark.model.IMAGENET_TEMPLATES``) are sorted by
     ``STYLE_WORDS`` into a style (e.g. "a sketch of the {}.") or the neutral set.
     """
-    from benchmark.model import IMAGENET_TEMPLATES
+    from benchmark.model.clip import IMAGENET_TEMPLATES
 
     styled = {s: list(t) for s, t in STYLE_TEMPLATES.items()}
     neutral = list(NEUTRAL_TEMPLATES)

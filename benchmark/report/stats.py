@@ -209,7 +209,7 @@ def bootstrap_metrics(metrics: Sequence[str], pred: np.ndarray, score: np.ndarra
                       num_known: int, idx: np.ndarray) -> dict[str, np.ndarray]:
     """The metrics (percent) of every resample ``idx[b]`` of one prediction set; ``nan`` where undefined.
 
-    Same definitions as :mod:`benchmark.metrics`: ``acc`` and ``acc_pc`` on known samples
+    Same definitions as :mod:`benchmark.core.metrics`: ``acc`` and ``acc_pc`` on known samples
     (``label < K``; per-class mean over the classes present in the resample), ``auroc`` as the
     Mann-Whitney statistic ``(sum of ranks of knowns - n_k (n_k + 1) / 2) / (n_k n_u)`` with average
     ranks for ties (a tie counts one half), ``hm_accpc_auroc = 2 a b / (a + b)`` of ``acc_pc`` and ``auroc``.

@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.precision import weights_dtype
+from benchmark.core.paths import DATASETS_DIR
+from benchmark.model.precision import weights_dtype
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_DIR = REPO_ROOT / "datasets" / "synthetic"
+EMBEDDED_DIR = DATASETS_DIR / "synthetic"
 EMBEDDED_MODEL = "clipbench-tiny"
 EMBEDDED_TAG = "embedded"
 
@@ -56,7 +56,7 @@ class ModelError(ValueError):
 
 def _register_repo_configs() -> None:
     """Make the model configs shipped in ``datasets/*/`` (e.g. the tiny CLIP) known to open_clip."""
-    for cfg in sorted((REPO_ROOT / "datasets").glob("*/*.json")):
+    for cfg in sorted(DATASETS_DIR.glob("*/*.json")):
         if cfg.stem not in open_clip.list_models():
             open_clip.add_model_config(cfg)
 

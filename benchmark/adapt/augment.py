@@ -24,7 +24,7 @@ KINDS = ("none", "rrc", "crop", "randaugment", "augmix")
 """``none``: the test view (centre crop); ``rrc``: random resized crop (+ flip) of the whole image;
 ``crop``: resize the short side to R, then a random R x R crop (MUST's weak view); ``randaugment``:
 ``rrc`` followed by timm's RandAugment (MUST's strong view); ``augmix``: ``rrc`` followed by
-TPT's AugMix (``benchmark.augmix``; TPT's and TDA's test views)."""
+TPT's AugMix (``benchmark.adapt.augmix``; TPT's and TDA's test views)."""
 
 
 @dataclass
@@ -222,7 +222,7 @@ class Augment:
         crops = crop_resample(images, boxes, out, flip.to(images.device) if flip is not None else None,
                               self.interpolation)
         if self.kind == "augmix":
-            from benchmark.augmix import augmix
+            from benchmark.adapt.augmix import augmix
 
             return augmix(crops, generator)
         if self.kind == "randaugment":

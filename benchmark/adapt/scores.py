@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from mmengine.registry import Registry
 
-from benchmark.model import LOGIT_SCALE
+from benchmark.model.clip import LOGIT_SCALE
 
 SCORES = Registry("ood score", scope="clipbench")
 

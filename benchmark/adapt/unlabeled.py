@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from benchmark.augment import Augment, ImageBatch, image_generators
+from benchmark.adapt.augment import Augment, ImageBatch, image_generators
 
 NO_AUGMENT = Augment("none")
 

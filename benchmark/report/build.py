@@ -31,11 +31,11 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from benchmark import stats
-from benchmark.metrics import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, METRIC_NAMES
-from benchmark.records import PREDS, atomic_write, load_records
-from benchmark.reported import load_reported, match_reported, reported_files
-from benchmark.tables import (MARK_BETTER, MARK_WORSE, Cell, csv_rows, fmt_num, fmt_p, latex_grid,
+from benchmark.report import stats
+from benchmark.core.metrics import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, METRIC_NAMES
+from benchmark.core.records import PREDS, atomic_write, load_records
+from benchmark.report.reported import load_reported, match_reported, reported_files
+from benchmark.report.tables import (MARK_BETTER, MARK_WORSE, Cell, csv_rows, fmt_num, fmt_p, latex_grid,
                               mark_best, markdown_ci_grid, markdown_grid)
 
 DEFAULT_METRICS = ("acc_pc", "auroc", "hm_accpc_auroc")
@@ -60,7 +60,7 @@ def departures(method: str, hparams: dict[str, Any], dataset: str | None = None)
     """
     from benchmark.data import get_spec
     from benchmark.registry import METHODS, import_methods
-    from benchmark.sweep import recipe_hparams
+    from benchmark.run.sweep import recipe_hparams
 
     import_methods()
     if METHODS.module_dict.get(method) is None or not hparams:
@@ -229,7 +229,7 @@ class Group:
     tests: dict[str, list[TestRow]] = field(default_factory=dict)
     ranks: dict[str, Ranking | None] = field(default_factory=dict)
     selection: Any = None
-    """The ``benchmark.selection.Selection`` the records went through (None: no selection step)."""
+    """The ``benchmark.report.selection.Selection`` the records went through (None: no selection step)."""
 
     @property
     def title(self) -> str:
@@ -251,7 +251,7 @@ class Group:
 
     def score_text(self) -> str:
         """Which OOD score the score-dependent metrics use, in words."""
-        from benchmark.scores import describe_score
+        from benchmark.adapt.scores import describe_score
 
         names = sorted(n for n in self.frame.score.dropna().unique())
         if not names:
@@ -580,7 +580,7 @@ def leaderboard_markdown(groups: list[Group], df: pd.DataFrame, metrics: tuple[s
 
 def _selection_markdown(g: Group) -> list[str]:
     """The points a selection rule kept for this group, with their values, and the points it skipped."""
-    from benchmark.selection import describe_pick
+    from benchmark.report.selection import describe_pick
 
     sel = g.selection
     if sel is None or sel.rule == "fixed":
@@ -645,7 +645,7 @@ def write_plots(groups: list[Group], out: Path, metrics: tuple[str, ...]) -> dic
 
     Figures of an earlier report in ``plots/`` are removed first.
     """
-    from benchmark import plots
+    from benchmark.report import plots
 
     pdir = out / "plots"
     pdir.mkdir(parents=True, exist_ok=True)
@@ -717,7 +717,7 @@ def write_report(out: Path, metrics: tuple[str, ...] | list[str] = DEFAULT_METRI
     for 95% intervals (0 = off); ``reported``: published-number files (default: every
     ``datasets/*/reported.csv``); ``score``: the OOD score of the score-dependent metrics (default:
     each record's headline score); ``selection``: the rule that picks one hyper-parameter point per
-    method (``benchmark.selection``) by ``selection_metric``. Returns the leaderboard frame.
+    method (``benchmark.report.selection``) by ``selection_metric``. Returns the leaderboard frame.
     """
     out = Path(out)
     metrics = tuple(metrics)
@@ -731,7 +731,7 @@ def write_report(out: Path, metrics: tuple[str, ...] | list[str] = DEFAULT_METRI
         available = sorted({n for r in records for n in r.get("scores") or []})
         if score not in available:
             raise ValueError(f"no record has the OOD score {score!r}; recorded scores: {', '.join(available) or 'none'}")
-    from benchmark.selection import select
+    from benchmark.report.selection import select
 
     records, chosen = select(records, selection, selection_metric, score)
     if not records:

@@ -4,7 +4,7 @@ In the spirit of the TENT reference code a method says three things: how to ``co
 model (modes, ``requires_grad``; it returns what it will update), which ``loss`` to minimise on
 an unlabeled batch, and optionally how to ``predict``. The base class owns everything else: the
 epochs x batches loop, the optimiser, the cosine schedule (stepped every iteration or every
-epoch), the precision (``benchmark.precision``), the train views, the progress bar, the
+epoch), the precision (``benchmark.model.precision``), the train views, the progress bar, the
 non-finite-loss check and ``reset``.
 
 Regimes (``regime``, a hyper-parameter of every method, recorded in every run):
@@ -30,18 +30,18 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from benchmark import precision as prec
-from benchmark.augment import Augment
-from benchmark.model import ClipClassifier
-from benchmark.profiling import NULL_PROFILER, NullProfiler
-from benchmark.unlabeled import UnlabeledData
+from benchmark.model import precision as prec
+from benchmark.adapt.augment import Augment
+from benchmark.model.clip import ClipClassifier
+from benchmark.adapt.profiling import NULL_PROFILER, NullProfiler
+from benchmark.adapt.unlabeled import UnlabeledData
 
 REGIMES = ("transductive", "online", "episodic", "none")
 
 COMMON_DEFAULTS: dict[str, Any] = {"prompts": "single", "precision": "official", "regime": ""}
 """Hyper-parameters of every method: the fixed prompt set (``benchmark.model.TEMPLATE_SETS``:
 ``single`` = "a photo of a {}.", ``ensemble``, ``imagenet80``), the numerical precision
-(``benchmark.precision``) and the regime (default: the method's first)."""
+(``benchmark.model.precision``) and the regime (default: the method's first)."""
 
 BASE_DEFAULTS: dict[str, Any] = {
     "epochs": 1,
@@ -225,7 +225,7 @@ class Adapter:
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(N, K) logits on CLIP's scale (``100 cos``) of [0, 1] images; every OOD score is computed
-        from them (``benchmark.scores``). A method may return ``(logits, {name: score})`` to add
+        from them (``benchmark.adapt.scores``). A method may return ``(logits, {name: score})`` to add
         scores of its own."""
         return self.model(images).float()
 

@@ -19,10 +19,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from benchmark.core.paths import REPO_ROOT
 from benchmark.registry import LAUNCHERS, load_plugins
-from benchmark.runner import RunSpec, execute
+from benchmark.run.runner import RunSpec, execute
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _lost(spec: RunSpec, err: BaseException | str) -> dict[str, Any]:

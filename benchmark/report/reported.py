@@ -7,7 +7,7 @@ Each data set folder may hold a ``reported.csv`` (data, not code) with the heade
 - ``domain``: a domain of the data set, or ``avg`` for the paper's average over domains;
 - ``backbone`` / ``pretrained``: the open_clip model name and weight tag of the paper's runs
   (e.g. ``ViT-B-16`` / ``openai``); an empty ``pretrained`` matches any tag;
-- ``metric``: a key of :data:`benchmark.metrics.METRIC_NAMES`, in percent, on the test set;
+- ``metric``: a key of :data:`benchmark.core.metrics.METRIC_NAMES`, in percent, on the test set;
 - ``source``: where the number is printed: URL plus table (and row/column where useful).
 
 Only numbers read in their source belong here. A published number is shown next to a measured
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.metrics import METRIC_NAMES
+from benchmark.core.metrics import METRIC_NAMES
+from benchmark.core.paths import DATASETS_DIR
 
 REPORTED_COLUMNS = ("method", "dataset", "protocol", "setting", "domain", "backbone", "pretrained", "metric",
                     "value", "source")
-DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
 
 
 def reported_files(root: Path = DATASETS_DIR) -> list[Path]:

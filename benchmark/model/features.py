@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.records import atomic_write
+from benchmark.core.records import atomic_write
 
 FORMAT = 2
 """Version of the key and file format; bump when the feature computation changes."""

@@ -14,8 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmark.records import atomic_write  # noqa: E402
-from benchmark.tables import Cell  # noqa: E402
+from benchmark.core.records import atomic_write  # noqa: E402
+from benchmark.report.tables import Cell  # noqa: E402
 
 DPI = 110
 _PNG_META = {"Software": None}

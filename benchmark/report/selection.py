@@ -113,7 +113,7 @@ def _point(rec: dict) -> str:
 
 def _value(rec: dict, metric: str, score: str | None) -> float:
     """The selection value of one done record: the label-free criterion, or a test metric."""
-    from benchmark.report import record_metrics
+    from benchmark.report.build import record_metrics
 
     if metric == LABEL_FREE:
         v = (rec.get("label_free") or {}).get(LABEL_FREE)
@@ -156,7 +156,7 @@ def select(records: list[dict], rule: str = DEFAULT_RULE, metric: str = DEFAULT_
     Kept records of a method whose picks differ between domains get the label
     ``<method> [<rule>]``; otherwise they keep their name and departures.
     """
-    from benchmark.report import higher_is_better
+    from benchmark.report.build import higher_is_better
 
     if rule not in RULES:
         raise SelectionError(f"unknown selection rule {rule!r}; rules: {', '.join(RULES)}")
@@ -226,7 +226,7 @@ def _require(best: tuple[str, float] | None, group: tuple, crit: str, basis: str
 
 def _short(method: str, point: str, dataset: str) -> str:
     """A point as its departures from the method's recipe on ``dataset`` (``recipe`` when none)."""
-    from benchmark.report import format_value, departures
+    from benchmark.report.build import format_value, departures
 
     diffs = departures(method, json.loads(point), dataset)
     return ", ".join(f"{k}={format_value(v)}" for k, v in diffs.items()) or "recipe"

@@ -2,7 +2,7 @@
 
 Labels live here and only here. Images are visited in a fixed seeded permutation (so methods
 that normalise with batch statistics, such as TENT, never see class-sorted batches) and the
-results are put back in dataset order. Every registered OOD score (``benchmark.scores``) and
+results are put back in dataset order. Every registered OOD score (``benchmark.adapt.scores``) and
 every score a method adds of its own is kept per sample, and the metrics are computed under each.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmark.metrics import classification_metrics, otsu_threshold, score_metrics
-from benchmark.scores import compute_scores
+from benchmark.core.metrics import classification_metrics, otsu_threshold, score_metrics
+from benchmark.adapt.scores import compute_scores
 
 EVAL_BATCH = 64
 TOPK = 5

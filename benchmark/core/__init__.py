@@ -1,0 +1,1 @@
+"""Leaves every layer may import: paths, record files, metrics. Standard library and numpy only."""

@@ -1,0 +1,1 @@
+"""The CLIP wrapper (``ClipClassifier``), numerical precision and the frozen-feature cache."""

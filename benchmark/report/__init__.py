@@ -1,0 +1,1 @@
+"""Reporting: records -> selection, tables, statistics and plots. Reads files only."""

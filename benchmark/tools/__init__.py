@@ -1,0 +1,1 @@
+"""Maintainer tools: the embedded model's pre-training."""
