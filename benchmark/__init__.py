@@ -14,10 +14,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-PROTOCOL_VERSION = 2
-"""Bumped whenever a change alters what a run computes; part of every run hash."""
-
 _PUBLIC = {
+    "PROTOCOL_VERSION": "benchmark.core.spec",
+    "RunSpec": "benchmark.core.spec",
     "Adapter": "benchmark.adapt.adapter",
     "HyperParameterError": "benchmark.adapt.adapter",
     "Augment": "benchmark.adapt.augment",
@@ -28,7 +27,7 @@ _PUBLIC = {
     "get_method": "benchmark.registry",
 }
 
-__all__ = ["PROTOCOL_VERSION", "__version__", *_PUBLIC]
+__all__ = ["__version__", *_PUBLIC]
 
 
 def __getattr__(name: str) -> Any:

@@ -14,9 +14,12 @@ import os
 import sys
 from pathlib import Path
 
-from mmengine.config import DictAction
+import re
+from typing import Any
 
-from benchmark.model.clip import EMBEDDED_MODEL, EMBEDDED_TAG
+import yaml
+
+from benchmark.core.paths import EMBEDDED_MODEL, EMBEDDED_TAG
 
 DEFAULT_DATASET = "synthetic"
 DEFAULT_SEEDS = [1, 2, 3]
@@ -26,20 +29,76 @@ class UsageError(Exception):
     """Bad arguments: reported in one line, exit status 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, with method/data set/launcher choices taken from the registries."""
-    from benchmark.data import dataset_names
-    from benchmark.registry import LAUNCHERS, method_names
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
-    import benchmark.run.launchers  # noqa: F401  (registers the launchers)
+
+def _numbers(value: Any) -> Any:
+    """Strings that are numbers as Python writes them (``1e-4``, which YAML 1.1 leaves a string) become numbers."""
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        return float(value) if any(c in value for c in ".eE") else int(value)
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """One ``--cfg-options`` value, exactly as written: YAML's scalars and flow lists (``[1e-4,1e-3]``,
+    ``true``, ``null``, ``'a, quoted'``), numbers as Python reads them, spaces inside a plain string
+    kept (``a photo of a``); an unbracketed, unquoted value with commas is a list, as mmengine's."""
+    stripped = text.strip()
+    quoted = len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\""
+    if "," in stripped and not quoted and not stripped.startswith(("[", "(")):
+        return [parse_value(part) for part in stripped.split(",")]
+    try:
+        value = yaml.safe_load(stripped) if stripped else None
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and not quoted:
+        return _numbers(stripped)
+    return value if quoted else _numbers(value)
+
+
+class CfgOptions(argparse.Action):
+    """``METHOD.KEY=VALUE`` pairs into a dict, each value through :func:`parse_value` (mmengine's
+    ``DictAction`` strips every space from values, turning ``a photo of a`` into ``aphotoofa``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        options = dict(getattr(namespace, self.dest, None) or {})
+        for item in values:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise argparse.ArgumentError(self, f"expected METHOD.KEY=VALUE, got {item!r}")
+            options[key.strip()] = parse_value(value)
+        setattr(namespace, self.dest, options)
+
+
+def build_parser(light: bool = False) -> argparse.ArgumentParser:
+    """The argument parser, with method/data set/launcher choices taken from the registries.
+
+    ``light`` (``--report-only``): the same flags without the registries' choices, so that
+    rebuilding tables imports no torch, no model and no method.
+    """
+    if light:
+        def method_names() -> list[str]:
+            return []
+
+        dataset_names = method_names
+        launchers = ["inline"]
+    else:
+        from benchmark.data import dataset_names
+        from benchmark.registry import LAUNCHERS, method_names
+
+        import benchmark.run.launchers  # noqa: F401  (registers the launchers)
+
+        launchers = sorted(LAUNCHERS.module_dict)
 
     p = argparse.ArgumentParser(
         prog="run_bench.py",
         description="Benchmark unsupervised CLIP adaptation methods in the open-set setting of UEO (ICML 2024).",
     )
-    p.add_argument("--methods", nargs="+", choices=method_names(), default=None, metavar="METHOD",
+    p.add_argument("--methods", nargs="+", choices=method_names() or None, default=None, metavar="METHOD",
                    help=f"methods to run (default: all). Registered: {', '.join(method_names())}")
-    p.add_argument("--datasets", nargs="+", choices=dataset_names(), default=[DEFAULT_DATASET], metavar="DATASET",
+    p.add_argument("--datasets", nargs="+", choices=dataset_names() or None, default=[DEFAULT_DATASET], metavar="DATASET",
                    help=f"data sets (default: {DEFAULT_DATASET}). Registered: {', '.join(dataset_names())}")
     p.add_argument("--domains", nargs="+", default=None, help="target domains (default: all of each data set)")
     p.add_argument("--settings", nargs="+", default=None, choices=["cda", "pda", "oda", "opda"],
@@ -54,10 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=os.environ.get("CLIPBENCH_DATA"),
                    help="folder holding the real data sets (default: $CLIPBENCH_DATA)")
     p.add_argument("--out", default="results", type=Path, help="output folder (default: results/)")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="METHOD.KEY=VALUE",
+    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={}, metavar="METHOD.KEY=VALUE",
                    help="override hyper-parameters, e.g. ueo.lr=1e-4 tent.epochs=1")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
-    p.add_argument("--launcher", default="inline", choices=sorted(LAUNCHERS.module_dict),
+    p.add_argument("--launcher", default="inline", choices=launchers if not light else None,
                    help="how runs are executed (default: inline): inline = this process, local = a pool of "
                         "--workers processes, slurm = a SLURM array job through submitit")
     p.add_argument("--workers", type=int, default=2, help="worker processes of --launcher local (default: 2)")
@@ -79,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra Python files (or modules) that register methods")
     p.add_argument("--list", action="store_true", help="list registered methods, data sets and launchers, then exit")
     p.add_argument("--report-only", action="store_true", help="rebuild the tables from the records under --out")
-    _add_report_options(p)
+    _add_report_options(p, light)
     return p
 
 
@@ -109,10 +168,11 @@ def _launcher_cfg(args: argparse.Namespace) -> dict:
     return cfg
 
 
-def _add_report_options(p: argparse.ArgumentParser) -> None:
+def _add_report_options(p: argparse.ArgumentParser, light: bool = False) -> None:
     """Options of the report (tables, statistics, plots) that every run and ``--report-only`` end with."""
     from benchmark.core.metrics import METRIC_NAMES
-    from benchmark.report.build import ALL_METRICS, DEFAULT_ALPHA, DEFAULT_BASELINE, DEFAULT_METRICS
+    from benchmark.report.aggregate import DEFAULT_ALPHA, DEFAULT_BASELINE
+    from benchmark.report.frame import ALL_METRICS, DEFAULT_METRICS
 
     g = p.add_argument_group("report")
     g.add_argument("--metrics", nargs="+", choices=ALL_METRICS, default=list(DEFAULT_METRICS), metavar="METRIC",
@@ -124,7 +184,11 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
                    help="N seeded resamples of the test samples for 95%% intervals (default: 0 = off)")
     g.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help=f"significance level of the tests and the critical difference (default: {DEFAULT_ALPHA})")
-    from benchmark.adapt.scores import score_names
+    if light:
+        def score_names() -> list[str]:
+            return ["the headline or any recorded score"]
+    else:
+        from benchmark.adapt.scores import score_names
 
     from benchmark.report.selection import DEFAULT_METRIC, DEFAULT_RULE, RULES
 
@@ -185,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--plugins", nargs="+", default=None)
     pre.add_argument("--config", default=None)
+    pre.add_argument("--report-only", action="store_true")
     known, _ = pre.parse_known_args(argv)
     from benchmark.registry import load_plugins
 
@@ -193,12 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"run_bench.py: error: {err}", file=sys.stderr)
         return 2
-    try:
-        load_plugins(known.plugins if known.plugins is not None else config.get("plugins", []))
-    except (OSError, ImportError, SyntaxError) as err:
-        print(f"run_bench.py: error: cannot load plugin: {err}", file=sys.stderr)
-        return 2
-    parser = build_parser()
+    if not known.report_only:
+        try:
+            load_plugins(known.plugins if known.plugins is not None else config.get("plugins", []))
+        except (OSError, ImportError, SyntaxError) as err:
+            print(f"run_bench.py: error: cannot load plugin: {err}", file=sys.stderr)
+            return 2
+        if known.config and config.get("cfg_options"):
+            try:
+                _check_config_options(known.config, config["cfg_options"])
+            except UsageError as err:
+                print(f"run_bench.py: error: {err}", file=sys.stderr)
+                return 2
+    parser = build_parser(light=known.report_only)
     models = config.pop("models", None)
     try:
         _apply_config(parser, config)
@@ -230,6 +302,17 @@ def load_config(path: str) -> dict:
         return Config.fromfile(path).to_dict()
     except Exception as err:  # mmengine raises many types for a broken config; report one line
         raise UsageError(f"cannot read config {path}: {type(err).__name__}: {err}") from err
+
+
+def _check_config_options(path: str, options: dict) -> None:
+    """A config's ``cfg_options`` name registered methods and their hyper-parameters (``UsageError`` naming the file)."""
+    from benchmark.adapt.hparams import HyperParameterError
+    from benchmark.run.sweep import SweepError, parse_cfg_options
+
+    try:
+        parse_cfg_options(options)
+    except (SweepError, HyperParameterError) as err:
+        raise UsageError(f"{path}: cfg_options: {err}") from err
 
 
 def _apply_config(parser: argparse.ArgumentParser, config: dict) -> None:
@@ -276,8 +359,8 @@ def _print_plan(specs: list, out: Path, not_applicable: list[str], show_hparams:
     """
     from collections import Counter
 
+    from benchmark.core.hparams import format_departures, format_value
     from benchmark.core.records import is_complete
-    from benchmark.report.build import format_value, departures
 
     print(f"{'#':>5}  {'hash':<16}  {'method':<21} {'dataset/domain':<26} {'setting':<7} {'seed':>4}  "
           f"{'model':<16} state")
@@ -289,8 +372,7 @@ def _print_plan(specs: list, out: Path, not_applicable: list[str], show_hparams:
               f"{s.model:<16} {'complete' if complete else 'to run'}")
         if show_hparams:
             print("       hparams: " + " ".join(f"{k}={format_value(v)}" for k, v in sorted(s.hparams.items())))
-            diffs = departures(s.method, s.hparams, s.dataset)
-            print("       departures: " + (" ".join(f"{k}={format_value(v)}" for k, v in diffs.items()) or "none"))
+            print("       departures: " + (format_departures(s.departures).replace(", ", " ") or "none"))
     per = Counter((s.model, s.method) for s in specs)
     print("runs per backbone and method: " + ", ".join(f"{m}/{meth} {n}" for (m, meth), n in sorted(per.items())))
     for line in not_applicable:
@@ -299,21 +381,39 @@ def _print_plan(specs: list, out: Path, not_applicable: list[str], show_hparams:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from benchmark.adapt.adapter import HyperParameterError
-    from benchmark.model.clip import ModelError, resolve_pretrained
-    from benchmark.registry import LAUNCHERS, method_names
     from benchmark.report.build import write_report
-    from benchmark.run.sweep import SweepError, SweepRequest, build_sweep, parse_cfg_options
 
     out: Path = args.out
     report_options = _report_options(args)
     if args.report_only:
         try:
-            write_report(out, **report_options)
+            report = write_report(out, **report_options)
         except (FileNotFoundError, ValueError) as err:
             raise UsageError(str(err)) from err
         print((out / "leaderboard.md").read_text())
+        _print_left_out(report.problems)
         return 0
+    return _sweep(args, out, report_options)
+
+
+def _print_left_out(problems: list[str]) -> None:
+    """Name every run folder the report could not use (stderr)."""
+    for line in problems:
+        print(f"left out of the tables: {line}", file=sys.stderr)
+
+
+def _sweep(args: argparse.Namespace, out: Path, report_options: dict) -> int:
+    """Build the sweep, check what it needs, run it and report."""
+    from benchmark.adapt.adapter import HyperParameterError
+    from benchmark.model.clip import ModelError, resolve_pretrained
+    from benchmark.registry import LAUNCHERS, method_names
+    from benchmark.report.build import write_report
+    from benchmark.run.preflight import preflight
+    from benchmark.data.fingerprint import forget
+    from benchmark.run.sweep import SweepError, SweepRequest, build_sweep, parse_cfg_options
+
+    forget()  # data may have changed since an earlier sweep of this process
+
     if not args.dry_run:
         _check_device(args.device)
     if args.workers < 1:
@@ -327,24 +427,31 @@ def _run(args: argparse.Namespace) -> int:
                 methods=args.methods or method_names(), datasets=args.datasets, seeds=args.seeds,
                 model=model, pretrained=pretrained, protocol=args.protocol, domains=args.domains,
                 settings=args.settings, overrides=overrides, with_validation=args.selection == "validation_domain",
-                grids=args.grids,
+                grids=args.grids, device=args.device,
             ), not_applicable)
     except (SweepError, HyperParameterError, ModelError, KeyError) as err:
         raise UsageError(err.args[0] if err.args else str(err)) from err
-    if not args.dry_run:
-        _check_precision(specs, args.device)
+    problems = preflight(specs, args.data_root, load_weights=not args.dry_run)
     if args.dry_run:
         _print_plan(specs, out, not_applicable, args.show_hparams)
+        for line in problems:
+            print(f"pre-flight: {line}", file=sys.stderr)
         return 0
+    if problems:
+        raise UsageError("pre-flight found what the sweep needs and cannot have; nothing was run:\n  "
+                         + "\n  ".join(problems))
     if not specs:
         raise UsageError("nothing to run: " + "; ".join(not_applicable or ["the sweep is empty"]))
     for line in not_applicable:
         print(f"not applicable (left out): {line}", file=sys.stderr)
-    _check_data(args.datasets, args.data_root)
     launcher = LAUNCHERS.build(_launcher_cfg(args))
     records = launcher(specs, out, args.data_root, args.device)
-    write_report(out, **report_options)
+    redone = [r for r in records if r.get("redone")]
+    for r in redone:
+        print(f"recomputed: {r['redone']}", file=sys.stderr)
+    report = write_report(out, **report_options)
     print((out / "leaderboard.md").read_text())
+    _print_left_out(report.problems)
     print(summarize(records, out))
     failed = [r for r in records if r.get("status") not in ("done", "busy")]
     for r in failed:
@@ -352,19 +459,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  failed: {s['method']} {s['dataset']}/{s['domain']}/{s['setting']} seed {s['seed']}: {r.get('error')}"
               f" (record: {out}/runs/{r['hash']}/result.json)", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _check_precision(specs: list, device: str) -> None:
-    """Every run's ``precision`` must run on ``device`` (only fp32 on a CPU): exit 2 before anything runs."""
-    from benchmark.model.precision import PrecisionError, effective_precision
-    from benchmark.registry import get_method
-
-    for spec in specs:
-        cls = get_method(spec.method)
-        try:
-            effective_precision(spec.hparams["precision"], cls.official_precision, device, spec.method)
-        except PrecisionError as err:
-            raise UsageError(str(err)) from err
 
 
 def summarize(records: list[dict], out: Path) -> str:
@@ -376,22 +470,14 @@ def summarize(records: list[dict], out: Path) -> str:
     failed = sum(1 for r in records if r.get("status") not in ("done", "busy"))
     busy = sum(1 for r in records if r.get("status") == "busy")
     reused = sum(1 for r in records if r.get("skipped") and r.get("status") == "done")
+    redone = sum(1 for r in records if r.get("redone"))
     ran = len(records) - failed - busy - reused
     busy_text = f", {busy} busy in another process" if busy else ""
-    return (f"{len(records)} runs: {ran} ran, {reused} reused complete records, {failed} failed{busy_text}. "
+    redone_text = f", {redone} of the ran replaced a stale or broken record" if redone else ""
+    return (f"{len(records)} runs: {ran} ran, {reused} reused complete records, {failed} failed{busy_text}{redone_text}. "
             f"Records and tables under {out}/")
 
 
-def _check_data(datasets: list[str], data_root: str | None) -> None:
-    """Fail fast (exit 2) when a real data set's root is missing, naming the path and layout."""
-    from benchmark.data import DataError, get_spec
-    from benchmark.data.locate import dataset_root, resolve_data_root
-
-    for name in datasets:
-        spec = get_spec(name)
-        if spec.layout.kind == "synthetic":
-            continue
-        try:
-            dataset_root(spec, resolve_data_root(spec, data_root))
-        except DataError as err:
-            raise UsageError(str(err)) from err
+def main_exit() -> None:
+    """The ``clipbench`` console script: :func:`main`, its status as the process's exit status."""
+    sys.exit(main())

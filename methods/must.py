@@ -161,12 +161,9 @@ class Must(Adapter):
     choices = {**Adapter.choices, "mim_target": ("pixel", "patch_norm"), "predict_with": ("student", "teacher")}
 
     @classmethod
-    def resolve_hparams(cls, overrides: dict) -> dict:
-        """As the base, then ``lr = lr_per_256 * batch_size / 256`` unless ``lr`` is given."""
-        hp = super().resolve_hparams(overrides)
-        if "lr" not in overrides:
-            hp["lr"] = hp["lr_per_256"] * hp["batch_size"] / 256
-        return hp
+    def derive(cls, hp: dict, given: set[str]) -> dict:
+        """``lr = lr_per_256 * batch_size / 256`` unless ``lr`` is given."""
+        return hp if "lr" in given else {**hp, "lr": hp["lr_per_256"] * hp["batch_size"] / 256}
 
     def configure(self) -> list[dict]:
         """Attach MUST's modules to the model; the image encoder and them train, the text side not.

@@ -62,17 +62,12 @@ class Tent(Adapter):
     choices: ClassVar[dict[str, tuple]] = {**Adapter.choices, "recipe": tuple(RECIPES)}
 
     @classmethod
-    def resolve_hparams(cls, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Expand ``recipe`` into its optimiser settings; explicitly given keys win over the preset.
-
-        Idempotent: resolving an already resolved dict returns it unchanged, since every key is
-        then explicit.
-        """
-        recipe = overrides.get("recipe", cls.defaults["recipe"])
-        preset = RECIPES.get(recipe, {}) if isinstance(recipe, str) else {}
-        if recipe == "cifar" and "nesterov" not in overrides:
-            preset = {**preset, "nesterov": False}
-        return super().resolve_hparams({**preset, **overrides})
+    def derive(cls, hp: dict[str, Any], given: set[str]) -> dict[str, Any]:
+        """Expand ``recipe`` into its optimiser settings; explicitly given keys win over the preset."""
+        preset = dict(RECIPES.get(hp["recipe"], {}))
+        if hp["recipe"] == "cifar":
+            preset["nesterov"] = False
+        return {**hp, **{k: v for k, v in preset.items() if k not in given}}
 
     def configure(self) -> list[nn.Parameter]:
         """Norm affines train; BatchNorm switches to batch statistics without running averages."""

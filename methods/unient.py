@@ -63,9 +63,9 @@ class UniEnt(Tent):
     choices = {**Tent.choices, "split": ("soft", "hard")}
 
     @classmethod
-    def resolve_hparams(cls, overrides: dict) -> dict:
-        """UniEnt's own optimiser settings (no TENT recipe expansion)."""
-        return super(Tent, cls).resolve_hparams(overrides)
+    def derive(cls, hp: dict, given: set[str]) -> dict:
+        """UniEnt's own optimiser settings: no TENT recipe expansion."""
+        return hp
 
     def configure(self) -> list:
         params = super().configure()

@@ -9,7 +9,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.core.metrics import METRIC_NAMES, open_set_metrics
-from benchmark.core.records import load_records
+from benchmark.core.records import load_records, scan_records
 
 FAST = ["--datasets", "synthetic", "--domains", "photo", "sketch", "--seeds", "1"]
 
@@ -37,23 +37,26 @@ def test_writes_records_and_leaderboard(zero_shot_out: Path):
     assert {"acc", "acc_pc"} <= set(rec["metrics"]["test"])
     assert set(METRIC_NAMES) - {"acc", "acc_pc"} <= set(rec["metrics"]["test"]["scores"]["msp_cos"])
     assert rec["headline_score"] == "msp_cos" and rec["regime"] == "none"
-    assert rec["hparams"]["precision"] == "official" and rec["execution"]["precision"] == "fp32"
+    assert rec["spec"]["hparams"]["precision"] == "fp32" and rec["precision"] == "fp32"  # official, on a CPU
+    assert rec["spec"]["device"] == "cpu" and rec["device"] == "cpu"
     assert rec["spec"]["model"] == "clipbench-tiny" and rec["spec"]["pretrained"] == "embedded"
-    assert "torch" in rec["versions"] and rec["timings"]["total"] > 0
-    run_dir = Path(rec["_dir"])
-    assert run_dir.name == rec["hash"] and (run_dir / "preds.npz").is_file()
+    assert "torch" in rec["environment"]["versions"] and rec["timings"]["total"] > 0
+    assert rec["label"] == "zero_shot" and rec["departures"] == {}
+    run_dir, _ = scan_records(zero_shot_out)[0][0]
+    assert run_dir.name == rec["hash"] and (run_dir / "preds.npz").is_file() and (run_dir / "run.log").is_file()
     md = (zero_shot_out / "leaderboard.md").read_text()
     assert "zero_shot" in md and "synthetic / oda" in md
     csv = (zero_shot_out / "leaderboard.csv").read_text().splitlines()
-    assert csv[0].startswith("protocol,dataset,setting,method") and len(csv) == 2
+    assert csv[0].startswith("protocol,dataset,setting,model,pretrained,device,method,departures,label,regime")
+    assert len(csv) == 2
 
 
 def test_metrics_recompute_from_preds(zero_shot_out: Path):
     """Every score's metrics from preds.npz alone; the H-score's threshold is Otsu's on the adapt scores."""
     from benchmark.core.metrics import otsu_threshold
 
-    for rec in load_records(zero_shot_out):
-        with np.load(Path(rec["_dir"]) / "preds.npz") as z:
+    for run_dir, rec in scan_records(zero_shot_out)[0]:
+        with np.load(run_dir / "preds.npz") as z:
             for score in rec["scores"]:
                 threshold = otsu_threshold(z[f"adapt_score_{score}"])
                 assert rec["rejection"]["thresholds"][score] == pytest.approx(threshold)
@@ -66,11 +69,10 @@ def test_metrics_recompute_from_preds(zero_shot_out: Path):
 
 
 def test_second_invocation_recomputes_nothing(zero_shot_out: Path, capsys):
-    stamps = {r["_dir"]: (Path(r["_dir"]) / "result.json").stat().st_mtime_ns for r in load_records(zero_shot_out)}
+    stamps = {d: (d / "result.json").stat().st_mtime_ns for d, _ in scan_records(zero_shot_out)[0]}
     assert main([*FAST, "--methods", "zero_shot", "--out", str(zero_shot_out)]) == 0
     assert "0 ran, 2 reused" in capsys.readouterr().out
-    assert stamps == {r["_dir"]: (Path(r["_dir"]) / "result.json").stat().st_mtime_ns
-                      for r in load_records(zero_shot_out)}
+    assert stamps == {d: (d / "result.json").stat().st_mtime_ns for d, _ in scan_records(zero_shot_out)[0]}
 
 
 def test_same_seed_same_metrics(tmp_path: Path):

@@ -453,7 +453,7 @@ def test_download_command_line(visda_server: Server, tmp_path: Path, monkeypatch
     ('{url: "http://x/a.zip", extract: false}', "unknown key"),
 ])
 def test_spec_download_facts_are_validated(tmp_path: Path, entry: str, message: str) -> None:
-    from benchmark.data.spec import parse_spec
+    from benchmark.data.parse import parse_spec
 
     folder = tmp_path / "visda2017"
     folder.mkdir()

@@ -8,7 +8,7 @@ import pytest
 
 from benchmark.data import DATASETS_DIR, DataError, dataset_names, get_spec
 from benchmark.data.errors import UnknownNameError
-from benchmark.data.spec import parse_spec
+from benchmark.data.parse import parse_spec
 
 REFERENCE = Path("/work/shared/reference/classes")
 REAL = ["office31", "office_home", "visda2017", "domainnet"]
@@ -237,7 +237,7 @@ def test_generated_images_are_byte_identical_across_calls_and_differ_across_doma
 def test_validation_domains_must_be_domains_and_leave_a_target(tmp_path) -> None:
     import shutil
 
-    from benchmark.data.spec import parse_spec
+    from benchmark.data.parse import parse_spec
 
     folder = tmp_path / "synthetic"
     shutil.copytree(DATASETS_DIR / "synthetic", folder, ignore=shutil.ignore_patterns("*.pt"))

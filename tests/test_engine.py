@@ -6,13 +6,17 @@ import json
 import math
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from benchmark.adapt.adapter import Adapter, HyperParameterError
-from benchmark.core.records import is_complete, load_records, read_result, spec_hash, write_json, write_npz
+from benchmark.core.records import (file_sha256, is_complete, load_records, read_result, scan_records, spec_hash,
+                                    write_json, write_npz)
+from benchmark.core.schema import RECORD_SCHEMA
+from benchmark.core.spec import PROTOCOL_VERSION
 from benchmark.registry import get_method, method_names
 from tests.conftest import make_classifier, make_data
 
@@ -115,18 +119,31 @@ def test_same_seed_same_adaptation():
     assert torch.equal(results[0], results[1])
 
 
+def valid_record(run: Path) -> dict:
+    """A minimal done record of this schema for ``run``'s predictions (named by its spec's hash)."""
+    spec = {"method": "zero_shot", "dataset": "synthetic", "domain": "photo", "setting": "oda", "protocol": "ueo",
+            "seed": 1, "model": "clipbench-tiny", "pretrained": "embedded", "hparams": {}, "device": "cpu",
+            "protocol_version": PROTOCOL_VERSION}
+    return {"schema": RECORD_SCHEMA, "spec": spec, "hash": spec_hash(spec), "status": "done", "label": "zero_shot",
+            "departures": {}, "regime": "none", "precision": "fp32", "device": "cpu", "headline_score": "msp_cos",
+            "scores": {}, "metrics": {"test": {"auroc": float("nan")}}, "preds_sha256": file_sha256(run / "preds.npz")}
+
+
 def test_records_atomic_and_complete(tmp_path):
-    run = tmp_path / "runs" / "abc"
+    run = tmp_path / "runs" / "pending"
     assert not is_complete(run)
     write_npz(run / "preds.npz", {"x": np.arange(3)})
     assert not is_complete(run)
-    write_json(run / "result.json", {"status": "done", "metrics": {"auroc": float("nan")}})
+    rec = valid_record(run)
+    run = run.rename(run.parent / rec["hash"])
+    write_json(run / "result.json", rec)
     assert is_complete(run)
-    assert read_result(run)["metrics"]["auroc"] is None
+    assert read_result(run)["metrics"]["test"]["auroc"] is None
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
     (tmp_path / "runs" / "broken").mkdir()
     (tmp_path / "runs" / "broken" / "result.json").write_text("{not json")
     assert [r["status"] for r in load_records(tmp_path)] == ["done"]
+    assert any("broken" in p and "unreadable" in p for p in scan_records(tmp_path)[1])
 
 
 def test_atomic_writes_get_an_ordinary_files_mode(tmp_path):

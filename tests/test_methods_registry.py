@@ -12,7 +12,8 @@ import benchmark.run.runner as runner
 from benchmark.cli import main
 from benchmark.core.records import load_records
 from benchmark.registry import get_method, method_names
-from benchmark.run.runner import RunSpec, execute
+from benchmark.core.spec import RunSpec
+from benchmark.run.runner import execute
 from benchmark.adapt.scores import score_names
 from benchmark.run.sweep import SweepRequest, build_sweep
 

@@ -11,28 +11,35 @@ from benchmark.adapt.augment import Augment, ImageBatch, crop_resample, resize_c
 from benchmark.cli import main
 from benchmark.model.precision import PrecisionError, effective_precision, to_fp16_weights
 from benchmark.registry import get_method
-from benchmark.report.build import departures, method_label
+from benchmark.core.hparams import method_label
 from benchmark.run.sweep import SweepRequest, build_sweep, recipe_hparams
 from conftest import make_classifier, make_data
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "ueo_paper.py")
 
 
-def _hparams(method: str, dataset: str, domain: str, **over) -> dict:
+def _spec(method: str, dataset: str, domain: str, **over):
     req = SweepRequest(methods=[method], datasets=[dataset], seeds=[1], model="ViT-B-16", pretrained="openai",
                        domains=[domain], overrides={method: over} if over else None)
-    return build_sweep(req)[0].hparams
+    return build_sweep(req)[0]
+
+
+def _hparams(method: str, dataset: str, domain: str, **over) -> dict:
+    return _spec(method, dataset, domain, **over).hparams
+
+
+def _label(method: str, dataset: str, domain: str, **over) -> str:
+    return method_label(method, _spec(method, dataset, domain, **over).departures)
 
 
 def test_domainnet_ueo_recipe_is_five_epochs_and_no_departure():
     for method in ("ueo", "infomax"):
         hp = _hparams(method, "domainnet", "clipart")
         assert hp["epochs"] == 5 and recipe_hparams(method, "domainnet")["epochs"] == 5
-        assert departures(method, hp, "domainnet") == {} and method_label(method, hp, "domainnet") == method
+        assert _spec(method, "domainnet", "clipart").departures == {} and _label(method, "domainnet", "clipart") == method
         assert _hparams(method, "office_home", "Art")["epochs"] == 50
-    hp = _hparams("ueo", "domainnet", "clipart", epochs=7)
-    assert method_label("ueo", hp, "domainnet") == "ueo (epochs=7)"
-    assert method_label("ueo", _hparams("ueo", "office_home", "Art", epochs=5), "office_home") == "ueo (epochs=5)"
+    assert _label("ueo", "domainnet", "clipart", epochs=7) == "ueo (epochs=7)"
+    assert _label("ueo", "office_home", "Art", epochs=5) == "ueo (epochs=5)"
 
 
 def test_paper_config_dry_run_lists_resolved_hparams(capsys):

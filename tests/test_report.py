@@ -24,8 +24,8 @@ GOLDEN = Path(__file__).parent / "golden"
 EXPECTED = GOLDEN / "expected"
 BOOTSTRAP = 200
 UPDATE = os.environ.get("CLIPBENCH_UPDATE_GOLDEN") == "1"
-ODA = "synthetic_oda_ueo_clipbench-tiny_embedded"
-OPDA = "synthetic_opda_ueo_clipbench-tiny_embedded"
+ODA = "synthetic_oda_ueo_clipbench-tiny_embedded_cpu"
+OPDA = "synthetic_opda_ueo_clipbench-tiny_embedded_cpu"
 
 
 def _copy_runs(dst: Path, keep=lambda spec: True) -> Path:
@@ -93,7 +93,8 @@ def test_failed_and_missing_runs_are_shown_not_dropped(golden_out: Path):
     assert "- tent sketch seed 3: missing (no record)" in md
     assert "(2/3)" in md and "synthetic / oda" in md and "synthetic / opda" in md
     csv = pd.read_csv(golden_out / "leaderboard.csv")
-    assert list(csv.columns[:4]) == ["protocol", "dataset", "setting", "method"]
+    assert list(csv.columns[:10]) == ["protocol", "dataset", "setting", "model", "pretrained", "device", "method",
+                                      "departures", "label", "regime"]
     infomax = csv[(csv.method == "infomax") & (csv.setting == "oda")].iloc[0]
     assert (infomax.n_failed, infomax.n_missing, infomax.n_seeds) == (1, 0, 2)
     tent = csv[(csv.method == "tent") & (csv.setting == "oda")].iloc[0]

@@ -4,10 +4,12 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from benchmark.report.selection import SelectionError, infomax_criterion, select
+from benchmark.core.metrics import infomax_criterion
+from benchmark.report.selection import SelectionError, select
 
 LR = {"a": 1e-4, "b": 1e-3}
 # hm_accpc_auroc of the msp_cos score per (point, domain), the same for both seeds
@@ -18,8 +20,11 @@ LABEL_FREE = {("a", "photo"): 0.2, ("b", "photo"): 0.1, ("a", "sketch"): 0.1, ("
 
 def record(point: str, domain: str, seed: int, status: str = "done", dataset: str = "synthetic") -> dict:
     spec = {"method": "ueo", "dataset": dataset, "domain": domain, "setting": "oda", "protocol": "ueo", "seed": seed,
-            "model": "clipbench-tiny", "pretrained": "embedded", "hparams": {"lr": LR[point], "epochs": 5}}
-    rec = {"spec": spec, "status": status, "headline_score": "msp_cos", "regime": "transductive"}
+            "model": "clipbench-tiny", "pretrained": "embedded", "device": "cpu",
+            "hparams": {"lr": LR[point], "epochs": 5}}
+    departures = {"epochs": 5, **({"lr": LR[point]} if point == "b" else {})}
+    rec = {"spec": spec, "status": status, "headline_score": "msp_cos", "regime": "transductive",
+           "departures": departures, "validation_domains": ["fog"] if dataset == "synthetic" else []}
     if status == "done":
         rec["metrics"] = {"test": {"acc": 50.0, "acc_pc": 50.0,
                                    "scores": {"msp_cos": {"hm_accpc_auroc": HM[(point, domain)], "auroc": 70.0}}}}
@@ -27,17 +32,22 @@ def record(point: str, domain: str, seed: int, status: str = "done", dataset: st
     return rec
 
 
-def records(**kw) -> list[dict]:
-    return [record(p, d, s, **kw) for p in LR for d in ("photo", "sketch", "fog") for s in (1, 2)]
+def stored(recs: list[dict]) -> list[tuple[Path, dict]]:
+    """Records as the report reads them: with a folder each."""
+    return [(Path(f"runs/{i:03d}"), r) for i, r in enumerate(recs)]
 
 
-def picked(kept: list[dict]) -> dict[str, float]:
-    return {r["spec"]["domain"]: r["spec"]["hparams"]["lr"] for r in kept}
+def records(**kw) -> list[tuple[Path, dict]]:
+    return stored([record(p, d, s, **kw) for p in LR for d in ("photo", "sketch", "fog") for s in (1, 2)])
+
+
+def picked(kept: list[tuple[Path, dict]]) -> dict[str, float]:
+    return {r["spec"]["domain"]: r["spec"]["hparams"]["lr"] for _, r in kept}
 
 
 def test_fixed_keeps_every_point_and_hides_the_validation_domain():
     kept, sel = select(records(), "fixed")
-    assert len(kept) == 8 and {r["spec"]["domain"] for r in kept} == {"photo", "sketch"}
+    assert len(kept) == 8 and {r["spec"]["domain"] for _, r in kept} == {"photo", "sketch"}
     assert sel.hidden_validation == 4 and not sel.picks
 
 
@@ -46,14 +56,14 @@ def test_validation_domain_picks_the_best_point_on_fog_for_every_target():
     assert picked(kept) == {"photo": 1e-4, "sketch": 1e-4} and len(kept) == 4
     (pick,) = sel.picks
     assert pick.domain == "*" and pick.value == 65.0 and pick.candidates == 2 and "fog" in pick.basis
-    assert not any("_label" in r for r in kept)  # one point for all domains: its departures name it
+    assert sel.labels == {}  # one point for all domains: its departures name it
     assert "validation domain" in sel.caption("synthetic")
 
 
 def test_oracle_picks_per_domain_on_test_labels_and_says_it_is_an_upper_bound():
     kept, sel = select(records(), "oracle")
     assert picked(kept) == {"photo": 1e-3, "sketch": 1e-4}
-    assert {r["_label"] for r in kept} == {"ueo [oracle]"}
+    assert set(sel.labels.values()) == {"ueo [oracle]"} and set(sel.labels) == {str(d) for d, _ in kept}
     assert "ORACLE, an upper bound" in sel.caption("synthetic")
 
 
@@ -61,7 +71,7 @@ def test_unsupervised_picks_by_the_label_free_criterion_and_never_reads_labels()
     kept, _ = select(records(), "unsupervised")
     assert picked(kept) == {"photo": 1e-4, "sketch": 1e-3}
     blind = records()
-    for r in blind:  # remove every labelled quantity: the pick must not change
+    for _, r in blind:  # remove every labelled quantity: the pick must not change
         del r["metrics"]
     kept_blind, _ = select(blind, "unsupervised")
     assert picked(kept_blind) == picked(kept)
@@ -71,7 +81,7 @@ def test_unsupervised_picks_by_the_label_free_criterion_and_never_reads_labels()
 
 def test_a_failed_point_is_skipped_and_reported():
     recs = records()
-    recs[0] = record("a", "photo", 1, status="failed")
+    recs[0] = (recs[0][0], record("a", "photo", 1, status="failed"))
     kept, sel = select(recs, "oracle")
     assert picked(kept) == {"photo": 1e-3, "sketch": 1e-4}  # only photo's judgement lost point a
     assert len(sel.skipped) == 1 and sel.skipped[0].startswith("ueo (epochs=5) in synthetic/oda (judged on photo")
@@ -79,10 +89,10 @@ def test_a_failed_point_is_skipped_and_reported():
 
 
 def test_validation_domain_needs_its_runs_and_lodo_without_a_validation_domain():
-    targets_only = [r for r in records() if r["spec"]["domain"] != "fog"]
+    targets_only = [(d, r) for d, r in records() if r["spec"]["domain"] != "fog"]
     with pytest.raises(SelectionError, match="--selection validation_domain"):
         select(targets_only, "validation_domain")
-    other = [record(p, d, s, dataset="office_home") for p in LR for d in ("photo", "sketch") for s in (1, 2)]
+    other = stored([record(p, d, s, dataset="office_home") for p in LR for d in ("photo", "sketch") for s in (1, 2)])
     kept, sel = select(other, "validation_domain")
     # leave-one-domain-out: photo is judged on sketch (a: 55 > b: 50), sketch on photo (b: 70 > a: 60)
     assert picked(kept) == {"photo": 1e-4, "sketch": 1e-3}

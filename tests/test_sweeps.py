@@ -15,7 +15,8 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.core.records import RESULT, is_complete, load_records
-from benchmark.run.runner import LOCK, RunSpec, execute, run_lock
+from benchmark.core.spec import RunSpec
+from benchmark.run.runner import LOCK, execute, run_lock
 
 REPO = Path(__file__).resolve().parent.parent
 ONE = ["--datasets", "synthetic", "--domains", "sketch", "--methods", "zero_shot", "--seeds", "1", "2"]

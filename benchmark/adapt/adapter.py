@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from benchmark.model import precision as prec
 from benchmark.adapt.augment import Augment
+from benchmark.adapt.hparams import BASE_RANGES, HyperParameterError, Rule, check_range, coerce
 from benchmark.model.clip import ClipClassifier
 from benchmark.adapt.profiling import NULL_PROFILER, NullProfiler
 from benchmark.adapt.unlabeled import UnlabeledData
@@ -70,39 +71,6 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the run is recorded as failed with this reason."""
 
 
-class HyperParameterError(ValueError):
-    """An unknown hyper-parameter key or a value of the wrong type."""
-
-
-def _coerce(key: str, default: Any, value: Any) -> Any:
-    """Cast ``value`` to the type of ``default`` where that is lossless, else raise naming ``key``."""
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise HyperParameterError(f"{key} expects true/false, got {value!r}")
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
-            raise HyperParameterError(f"{key} expects an integer, got {value!r}")
-        return int(value)
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise HyperParameterError(f"{key} expects a number, got {value!r}")
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise HyperParameterError(f"{key} expects a string, got {value!r}")
-        return value
-    if isinstance(default, (list, tuple)):
-        if not isinstance(value, (list, tuple)):
-            raise HyperParameterError(f"{key} expects a list, got {value!r}")
-        return [_coerce(key, default[0], v) for v in value] if default else list(value)
-    return value
-
-
 class Adapter:
     """Base class of all methods. Subclasses set the class attributes and override the hooks.
 
@@ -115,6 +83,7 @@ class Adapter:
         regimes: the regimes the method supports, its default first.
         official_precision: what its official code runs in (``fp32``, ``fp16``, ``fp16_weights``).
         choices: allowed values of string hyper-parameters, for validation.
+        ranges: numeric domains ``(low, high)`` of its own hyper-parameters (``BASE_RANGES`` covers the loop's).
     """
 
     name: ClassVar[str] = ""
@@ -133,12 +102,16 @@ class Adapter:
         "interpolation": ("bicubic", "bilinear"),
         "precision": prec.PRECISIONS,
     }
+    ranges: ClassVar[dict[str, Rule]] = {}
     profiler: NullProfiler = NULL_PROFILER
     """Phase timers of the loop; the runner sets a real ``Profiler`` under ``--profile``."""
 
-    def __init__(self, model: ClipClassifier, hparams: dict[str, Any] | None = None, seed: int = 0):
+    def __init__(self, model: ClipClassifier, hparams: dict[str, Any] | None = None, seed: int = 0, *,
+                 resolved: bool = False):
+        """``hparams``: overrides of the defaults (resolved here), or with ``resolved`` the complete
+        dict the sweep resolved (the runner's path: nothing is resolved twice)."""
         self.model = model
-        self.hp = self.resolve_hparams(hparams or {})
+        self.hp = self.check_resolved(hparams or {}) if resolved else self.resolve_hparams(hparams or {})
         self.seed = seed
         self.history: list[dict[str, float]] = []
         self.curve: list[dict[str, float]] = []
@@ -153,6 +126,8 @@ class Adapter:
             )
         self.precision = prec.effective_precision(self.hp["precision"], self.official_precision, model.device,
                                                   self.name)
+        """The precision this run computes in: the sweep already made ``official`` concrete for the
+        device kind; this checks that the device can run it."""
         if self.precision == "fp16_weights":
             prec.to_fp16_weights(model.clip)
         for p in model.parameters():
@@ -174,18 +149,49 @@ class Adapter:
 
     @classmethod
     def resolve_hparams(cls, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Defaults updated by ``overrides``; unknown keys and wrongly typed values raise."""
+        """The complete hyper-parameters: defaults, then ``overrides`` (checked against their types,
+        choices and ranges), then the method's derived values (:meth:`derive`), in one step."""
         hp = cls.hparam_defaults()
         for key, value in overrides.items():
             if key not in hp:
                 raise HyperParameterError(
                     f"{cls.name}.{key} is not a hyper-parameter of {cls.name}; known: {', '.join(sorted(hp)) or 'none'}"
                 )
-            hp[key] = _coerce(f"{cls.name}.{key}", hp[key], value)
+            hp[key] = coerce(f"{cls.name}.{key}", hp[key], value)
             allowed = cls.regimes if key == "regime" else cls.choices.get(key)
             if allowed and hp[key] not in allowed:
                 raise HyperParameterError(f"{cls.name}.{key} must be one of {', '.join(map(str, allowed))}, got {hp[key]!r}")
+        hp = cls.derive(hp, set(overrides))
+        cls.check_values(hp)
         return hp
+
+    @classmethod
+    def derive(cls, hp: dict[str, Any], given: set[str]) -> dict[str, Any]:
+        """Values that follow from others unless given explicitly (e.g. MUST's lr from its lr per 256
+        images, TENT's optimiser presets); ``given`` holds the keys the user or data set set."""
+        return hp
+
+    @classmethod
+    def check_values(cls, hp: dict[str, Any]) -> None:
+        """Every value inside its domain (``BASE_RANGES`` and ``ranges``), else ``HyperParameterError``."""
+        for key, rule in {**BASE_RANGES, **cls.ranges}.items():
+            if key in hp:
+                check_range(f"{cls.name}.{key}", hp[key], rule)
+        if "lr" in hp and hp["lr"] <= 0:
+            raise HyperParameterError(f"{cls.name}.lr = {hp['lr']!r} is out of range: needs lr > 0")
+        scale = hp.get("crop_scale")
+        if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1):
+            raise HyperParameterError(f"{cls.name}.crop_scale = {scale!r}: needs [low, high] with 0 < low <= high <= 1")
+
+    @classmethod
+    def check_resolved(cls, hp: dict[str, Any]) -> dict[str, Any]:
+        """A resolved dict as given, after checking it has exactly this method's keys."""
+        expected = set(cls.hparam_defaults())
+        if set(hp) != expected:
+            missing, extra = sorted(expected - set(hp)), sorted(set(hp) - expected)
+            raise HyperParameterError(f"{cls.name}: resolved hyper-parameters do not match this version's "
+                                      f"(missing: {', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'})")
+        return dict(hp)
 
     # ---- what a method says -------------------------------------------------------------------
 
@@ -444,6 +450,5 @@ class Adapter:
             self.optimizer.load_state_dict(self._initial_state["optimizer"])
 
     def describe(self) -> dict[str, Any]:
-        """What the record says about how this run computed: effective precision and views."""
-        return {"precision": self.precision, "regime": self.regime,
-                "views": {k: v.describe() for k, v in self.views().items()} if self.trains else {}}
+        """What the record says about how this run computed beyond its hyper-parameters (its views)."""
+        return {"views": {k: v.describe() for k, v in self.views().items()} if self.trains else {}}

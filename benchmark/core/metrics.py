@@ -385,3 +385,17 @@ def open_set_metrics(pred: object, label: object, score: object, num_known: int,
     t = otsu_threshold(score) if threshold is None else threshold
     out.update(score_metrics(pred, label, score, num_known, t, out["acc_pc"]))
     return out
+
+
+LABEL_FREE = "infomax"
+"""The label-free criterion recorded in every run (``label_free``): what ``unsupervised`` selection maximises."""
+
+
+def infomax_criterion(probs: np.ndarray) -> float:
+    """``H(mean_i p_i) - mean_i H(p_i)`` of (N, K) probabilities (natural log; higher is better)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.size == 0:
+        return float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = lambda q: -np.sum(np.where(q > 0, q * np.log(q), 0.0), axis=-1)  # noqa: E731
+        return float(ent(p.mean(axis=0)) - ent(p).mean())

@@ -17,14 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.core.schema import problems
+from benchmark.core.spec import PROTOCOL_VERSION, spec_hash
+
 RESULT = "result.json"
 PREDS = "preds.npz"
-
-
-def spec_hash(spec: dict[str, Any]) -> str:
-    """A short, stable hash of a resolved run spec (sorted-key JSON, SHA-1, 16 hex digits)."""
-    blob = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 def _umask() -> int:
@@ -78,6 +75,15 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, buf.getvalue())
 
 
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_result(run_dir: Path) -> dict[str, Any] | None:
     """The parsed ``result.json`` of a run directory, or None when absent or unreadable."""
     try:
@@ -86,21 +92,64 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def read_record(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(record, None)`` for a valid record of this schema, else ``(None, what is wrong)``.
+
+    Wrong: no or unparsable ``result.json``, a schema or protocol version other than this one's,
+    a hollow record, a folder not named by its spec's hash, or (for a done run) a ``preds.npz``
+    that is missing or does not match the checksum the record stores.
+    """
+    path = run_dir / RESULT
+    if not path.is_file():
+        return None, f"{path}: no result.json"
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return None, f"{path}: unreadable ({type(err).__name__}: {err})"
+    found = problems(rec)
+    if found:
+        return None, f"{path}: {'; '.join(found)}"
+    version = rec["spec"].get("protocol_version")
+    if version != PROTOCOL_VERSION:
+        return None, f"{path}: protocol version {version!r}, this version computes {PROTOCOL_VERSION} (rerun to recompute)"
+    if rec["hash"] != run_dir.name or spec_hash(rec["spec"]) != rec["hash"]:
+        return None, f"{path}: its spec hashes to {spec_hash(rec['spec'])}, not to its folder's name {run_dir.name}"
+    if rec["status"] == "done":
+        preds = run_dir / PREDS
+        if not preds.is_file():
+            return None, f"{preds}: missing"
+        if file_sha256(preds) != rec["preds_sha256"]:
+            return None, f"{preds}: does not match the checksum in result.json (truncated or replaced)"
+    return rec, None
+
+
 def is_complete(run_dir: Path) -> bool:
-    """True when the run finished successfully and both of its files are in place."""
-    rec = read_result(run_dir)
-    return rec is not None and rec.get("status") == "done" and (run_dir / PREDS).is_file()
+    """True when the run finished successfully and its record and predictions check out."""
+    rec, _ = read_record(run_dir)
+    return rec is not None and rec["status"] == "done"
 
 
 def load_records(out: Path) -> list[dict[str, Any]]:
-    """Every parseable record under ``out/runs``, in a stable order (by directory name)."""
+    """Every valid record under ``out/runs``, in folder order (for scripts and notebooks)::
+
+        pd.json_normalize(load_records("results"))   # one row per run, nested keys dotted
+    """
+    return [rec for _, rec in scan_records(out)[0]]
+
+
+def scan_records(out: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
+    """Every valid record under ``out/runs`` as ``(folder, record)`` in folder order, and a line per
+    folder whose record is not valid (path and what is wrong): those are left out of every table."""
     runs = Path(out) / "runs"
     if not runs.is_dir():
-        return []
-    records = []
+        return [], []
+    records, bad = [], []
     for d in sorted(p for p in runs.iterdir() if p.is_dir()):
-        rec = read_result(d)
-        if rec is not None:
-            rec["_dir"] = str(d)
-            records.append(rec)
-    return records
+        if not (d / RESULT).exists():
+            continue  # a run in progress or one never finished: not a record yet
+        rec, problem = read_record(d)
+        if rec is None:
+            bad.append(problem)
+        else:
+            records.append((d, rec))
+    return records, bad

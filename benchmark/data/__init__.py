@@ -15,12 +15,23 @@ checksums against the spec) and ``manifest`` (what was installed).
 
 Importing the package registers every data set in ``benchmark.registry.DATASETS``.
 """
+import functools
+
+from benchmark.core.paths import DATASETS_DIR
 from benchmark.data.cache import CACHE_ENV
-from benchmark.data.catalog import DATASETS_DIR, dataset_names, get_spec, register_datasets
+from benchmark.data.catalog import dataset_names, get_spec
 from benchmark.data.errors import DataError, UnknownNameError
 from benchmark.data.locate import DATA_ROOT_ENV
 from benchmark.data.spec import DatasetSpec, Domain, Layout, Protocol
 from benchmark.data.split import Split, SplitPart, load_split
+from benchmark.registry import DATASETS
+
+
+def register_datasets() -> None:
+    """Register one loader per data set in ``benchmark.registry.DATASETS`` (idempotent)."""
+    for name in dataset_names():
+        DATASETS.register_module(name=name, module=functools.partial(load_split, name), force=True)
+
 
 register_datasets()
 

@@ -6,12 +6,12 @@ registry as a loader so that ``DATASETS.build(dict(type=name, domain=..., settin
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from benchmark.core.paths import DATASETS_DIR
 from benchmark.data.errors import UnknownNameError
-from benchmark.data.spec import SPEC_FILE, DatasetSpec, parse_spec
+from benchmark.data.parse import parse_spec
+from benchmark.data.spec import SPEC_FILE, DatasetSpec
 
 
 _cache: dict[Path, tuple[int, DatasetSpec]] = {}
@@ -39,12 +39,3 @@ def get_spec(name: str) -> DatasetSpec:
         cached = (stamp, parse_spec(path))
         _cache[path] = cached
     return cached[1]
-
-
-def register_datasets() -> None:
-    """Register one loader per data set in ``benchmark.registry.DATASETS`` (idempotent)."""
-    from benchmark.data.split import load_split
-    from benchmark.registry import DATASETS
-
-    for name in dataset_names():
-        DATASETS.register_module(name=name, module=functools.partial(load_split, name), force=True)

@@ -15,12 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.core.paths import DATASETS_DIR
+from benchmark.core.paths import DATASETS_DIR, EMBEDDED_DIR, EMBEDDED_MODEL, EMBEDDED_TAG
 from benchmark.model.precision import weights_dtype
 
-EMBEDDED_DIR = DATASETS_DIR / "synthetic"
-EMBEDDED_MODEL = "clipbench-tiny"
-EMBEDDED_TAG = "embedded"
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 ENSEMBLE_TEMPLATES = (

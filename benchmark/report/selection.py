@@ -25,15 +25,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmark.core.hparams import format_departures
+from benchmark.core.metrics import LABEL_FREE
+from benchmark.report.frame import higher_is_better, record_metrics
+
 RULES = ("fixed", "validation_domain", "unsupervised", "oracle")
 DEFAULT_RULE = "fixed"
 DEFAULT_METRIC = "hm_accpc_auroc"
-LABEL_FREE = "infomax"
-"""The label-free criterion of ``unsupervised`` (recorded in every run under ``label_free``)."""
 
 DESCRIPTIONS = {
     "fixed": "no selection: every hyper-parameter point is its own row",
@@ -51,16 +54,6 @@ class SelectionError(ValueError):
     """A rule that cannot be applied to the records (unknown, or missing the runs it needs)."""
 
 
-def infomax_criterion(probs: np.ndarray) -> float:
-    """``H(mean_i p_i) - mean_i H(p_i)`` of (N, K) probabilities (natural log; higher is better)."""
-    p = np.asarray(probs, dtype=np.float64)
-    if p.size == 0:
-        return float("nan")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ent = lambda q: -np.sum(np.where(q > 0, q * np.log(q), 0.0), axis=-1)  # noqa: E731
-        return float(ent(p.mean(axis=0)) - ent(p).mean())
-
-
 @dataclass
 class Pick:
     """The point a rule kept for one method of one group (``domain`` ``*``: for every target domain)."""
@@ -72,49 +65,46 @@ class Pick:
     value: float
     candidates: int
     basis: str
+    departures: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Selection:
-    """What a rule did: its picks, the failed points it skipped, and the validation records it hid."""
+    """What a rule did: its picks, the failed points it skipped, the validation records it hid, and
+    the row label of the kept records of a method whose picks differ between domains (by folder)."""
 
     rule: str
     metric: str
     picks: list[Pick] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     hidden_validation: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    lodo: set[str] = field(default_factory=set)
+    """Data sets without a validation domain, selected by leave-one-domain-out."""
 
     def caption(self, dataset: str | None = None) -> str:
         """One sentence for table captions."""
-        key = self.rule
-        if self.rule == "validation_domain" and dataset is not None and not _validation_domains(dataset):
-            key = "validation_domain_lodo"
+        key = "validation_domain_lodo" if self.rule == "validation_domain" and dataset in self.lodo else self.rule
         text = DESCRIPTIONS[key].format(metric=self.metric)
         return f"Hyper-parameter selection `{self.rule}`: {text}."
 
 
-def _validation_domains(dataset: str) -> tuple[str, ...]:
-    from benchmark.data import get_spec
-
-    try:
-        return get_spec(dataset).validation_domains
-    except (KeyError, ValueError, OSError):
-        return ()
+Stored = tuple[Path, dict]
+"""A record and its folder."""
 
 
 def _group(rec: dict) -> tuple:
-    s = rec.get("spec", {})
-    return (s.get("protocol"), s.get("dataset"), s.get("setting"), s.get("model"), s.get("pretrained"), s.get("method"))
+    """(protocol, data set, setting, model, weights, device kind, method): where a rule picks one point."""
+    s = rec["spec"]
+    return (s["protocol"], s["dataset"], s["setting"], s["model"], s["pretrained"], s["device"], s["method"])
 
 
 def _point(rec: dict) -> str:
-    return json.dumps(rec.get("spec", {}).get("hparams", {}), sort_keys=True)
+    return json.dumps(rec["spec"]["hparams"], sort_keys=True)
 
 
 def _value(rec: dict, metric: str, score: str | None) -> float:
     """The selection value of one done record: the label-free criterion, or a test metric."""
-    from benchmark.report.build import record_metrics
-
     if metric == LABEL_FREE:
         v = (rec.get("label_free") or {}).get(LABEL_FREE)
     else:
@@ -129,17 +119,17 @@ def _best(candidates: dict[str, list[dict]], metric: str, score: str | None, hig
     A point with a failed run among its records is skipped (and named in ``skipped``) while
     another point has none.
     """
-    failed = {p for p, rs in candidates.items() if any(r.get("status") != "done" for r in rs)}
+    failed = {p for p, rs in candidates.items() if any(r["status"] != "done" for r in rs)}
     if failed and len(failed) < len(candidates):
         for p in sorted(failed):
             if skipped is not None:
-                method = candidates[p][0]["spec"]["method"]
-                skipped.append(f"{method} ({_short(method, p, candidates[p][0]['spec']['dataset'])}) {where}: "
-                               "a run failed, so the point is skipped")
+                rec = candidates[p][0]
+                skipped.append(f"{rec['spec']['method']} ({format_departures(rec.get('departures') or {}) or 'recipe'}) "
+                               f"{where}: a run failed, so the point is skipped")
         candidates = {p: rs for p, rs in candidates.items() if p not in failed}
     best = None
     for point in sorted(candidates):
-        values = [_value(r, metric, score) for r in candidates[point] if r.get("status") == "done"]
+        values = [_value(r, metric, score) for r in candidates[point] if r["status"] == "done"]
         values = [v for v in values if math.isfinite(v)]
         if not values:
             continue
@@ -149,69 +139,78 @@ def _best(candidates: dict[str, list[dict]], metric: str, score: str | None, hig
     return best
 
 
-def select(records: list[dict], rule: str = DEFAULT_RULE, metric: str = DEFAULT_METRIC,
-           score: str | None = None) -> tuple[list[dict], Selection]:
+def select(records: list[Stored], rule: str = DEFAULT_RULE, metric: str = DEFAULT_METRIC,
+           score: str | None = None) -> tuple[list[Stored], Selection]:
     """The records a rule keeps (validation domains dropped) and what it picked.
 
-    Kept records of a method whose picks differ between domains get the label
-    ``<method> [<rule>]``; otherwise they keep their name and departures.
+    Kept records of a method whose picks differ between domains are labelled
+    ``<method> [<rule>]`` (``Selection.labels``); otherwise they keep their own label. The
+    records themselves are never modified.
     """
-    from benchmark.report.build import higher_is_better
-
     if rule not in RULES:
         raise SelectionError(f"unknown selection rule {rule!r}; rules: {', '.join(RULES)}")
     sel = Selection(rule, metric)
-    targets, by_group = [], {}
-    for rec in records:
-        dataset = rec.get("spec", {}).get("dataset")
-        if rec.get("spec", {}).get("domain") in _validation_domains(dataset):
+    targets: list[Stored] = []
+    by_group: dict[tuple, dict[str, list[Stored]]] = {}
+    validation: dict[str, tuple[str, ...]] = {}
+    for stored in records:
+        rec = stored[1]
+        dataset = rec["spec"]["dataset"]
+        validation[dataset] = tuple(rec.get("validation_domains") or ())
+        part = "val" if rec["spec"]["domain"] in validation[dataset] else "target"
+        if part == "val":
             sel.hidden_validation += 1
-            by_group.setdefault(_group(rec), {"val": [], "target": []})["val"].append(rec)
         else:
-            targets.append(rec)
-            by_group.setdefault(_group(rec), {"val": [], "target": []})["target"].append(rec)
+            targets.append(stored)
+        by_group.setdefault(_group(rec), {"val": [], "target": []})[part].append(stored)
+    sel.lodo = {d for d, v in validation.items() if not v}
     if rule == "fixed":
         return targets, sel
     higher = True if rule == "unsupervised" else higher_is_better(metric)
     crit = LABEL_FREE if rule == "unsupervised" else metric
-    kept: list[dict] = []
+    kept: list[Stored] = []
     for group, parts in sorted(by_group.items(), key=lambda kv: json.dumps(kv[0], default=str)):
-        eligible = sorted({_point(r) for r in parts["target"]})
+        method, dataset = group[-1], group[1]
+        target_recs = [r for _, r in parts["target"]]
+        eligible = sorted({_point(r) for r in target_recs})
+        example = {_point(r): r.get("departures") or {} for r in target_recs}
         done = lambda rs: [r for r in rs if _point(r) in eligible]  # noqa: E731
-        where = f"in {group[1]}/{group[2]}"
-        domains = sorted({r["spec"]["domain"] for r in parts["target"]})
+        where = f"in {dataset}/{group[2]}"
+        domains = sorted({r["spec"]["domain"] for r in target_recs})
         picks: dict[str, str] = {}
+        vdoms = validation.get(dataset, ())
         if len(eligible) == 1:
             picks = {d: eligible[0] for d in domains}
-            sel.picks.append(Pick(group, group[5], "*", json.loads(eligible[0]), float("nan"), 1, "single point"))
-        elif rule == "validation_domain" and _validation_domains(group[1]):
-            cands = {p: [r for r in done(parts["val"]) if _point(r) == p] for p in eligible}
+            sel.picks.append(Pick(group, method, "*", json.loads(eligible[0]), float("nan"), 1, "single point",
+                                  example[eligible[0]]))
+        elif rule == "validation_domain" and vdoms:
+            val_recs = [r for _, r in parts["val"]]
+            cands = {p: [r for r in done(val_recs) if _point(r) == p] for p in eligible}
             if not any(cands.values()):
                 raise SelectionError(
-                    f"selection validation_domain needs runs of {group[5]} on the validation domain(s) "
-                    f"{', '.join(_validation_domains(group[1]))} of {group[1]}: rerun the sweep with "
-                    "--selection validation_domain (it adds them)")
+                    f"selection validation_domain needs runs of {method} on the validation domain(s) "
+                    f"{', '.join(vdoms)} of {dataset}: rerun the sweep with --selection validation_domain (it adds them)")
             best = _require(_best(cands, crit, score, higher, sel.skipped, where), group, crit, "its validation runs")
             picks = {d: best[0] for d in domains}
-            sel.picks.append(Pick(group, group[5], "*", json.loads(best[0]), best[1], len(eligible),
-                                  f"validation domain(s) {', '.join(_validation_domains(group[1]))}"))
+            sel.picks.append(Pick(group, method, "*", json.loads(best[0]), best[1], len(eligible),
+                                  f"validation domain(s) {', '.join(vdoms)}", example[best[0]]))
         else:
             for d in domains:
                 if rule == "validation_domain":  # leave-one-domain-out
-                    pool = [r for r in done(parts["target"]) if r["spec"]["domain"] != d]
+                    pool = [r for r in done(target_recs) if r["spec"]["domain"] != d]
                     basis = f"target domains other than {d}"
                 else:
-                    pool = [r for r in done(parts["target"]) if r["spec"]["domain"] == d]
+                    pool = [r for r in done(target_recs) if r["spec"]["domain"] == d]
                     basis = f"{d} ({'label-free' if rule == 'unsupervised' else 'test labels'})"
                 pool_by_point = {p: [r for r in pool if _point(r) == p] for p in eligible}
                 best = _require(_best(pool_by_point, crit, score, higher, sel.skipped, f"{where} (judged on {basis})"),
                                 group, crit, basis)
                 picks[d] = best[0]
-                sel.picks.append(Pick(group, group[5], d, json.loads(best[0]), best[1], len(eligible), basis))
-        chosen = [r for r in parts["target"] if picks.get(r["spec"]["domain"]) == _point(r)]
+                sel.picks.append(Pick(group, method, d, json.loads(best[0]), best[1], len(eligible), basis,
+                                      example[best[0]]))
+        chosen = [(d, r) for d, r in parts["target"] if picks.get(r["spec"]["domain"]) == _point(r)]
         if len(set(picks.values())) > 1:
-            for r in chosen:
-                r["_label"] = f"{group[5]} [{rule}]"
+            sel.labels.update({str(d): f"{method} [{rule}]" for d, _ in chosen})
         kept += chosen
     return kept, sel
 
@@ -219,19 +218,11 @@ def select(records: list[dict], rule: str = DEFAULT_RULE, metric: str = DEFAULT_
 def _require(best: tuple[str, float] | None, group: tuple, crit: str, basis: str) -> tuple[str, float]:
     """``best``, or a ``SelectionError`` saying that no point had a value to judge it by."""
     if best is None:
-        raise SelectionError(f"cannot select a point of {group[5]} in {group[1]}/{group[2]}: no finished run has "
+        raise SelectionError(f"cannot select a point of {group[-1]} in {group[1]}/{group[2]}: no finished run has "
                              f"a finite {crit} on {basis}")
     return best
 
 
-def _short(method: str, point: str, dataset: str) -> str:
-    """A point as its departures from the method's recipe on ``dataset`` (``recipe`` when none)."""
-    from benchmark.report.build import format_value, departures
-
-    diffs = departures(method, json.loads(point), dataset)
-    return ", ".join(f"{k}={format_value(v)}" for k, v in diffs.items()) or "recipe"
-
-
 def describe_pick(pick: Pick) -> str:
-    """A pick's point as its departures from the recipe."""
-    return _short(pick.method, json.dumps(pick.hparams, sort_keys=True), pick.group[1])
+    """A pick's point as its departures from the recipe (``recipe`` when none)."""
+    return format_departures(pick.departures) or "recipe"

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from benchmark.core.paths import REPO_ROOT
 from benchmark.registry import LAUNCHERS, load_plugins
-from benchmark.run.runner import RunSpec, execute
+from benchmark.core.spec import RunSpec
+from benchmark.run.runner import execute
 
 
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
-import json
 import os
 import platform
 import random
 import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -28,73 +26,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark import PROTOCOL_VERSION
-from benchmark.core.paths import REPO_ROOT
-from benchmark.model.features import FeatureCache, frozen_image_features
-from benchmark.model.clip import TEMPLATE_SETS, ClipClassifier, load_clip, resolve_pretrained
 from benchmark.adapt.profiling import Profiler
-from benchmark.core.records import PREDS, RESULT, is_complete, read_result, spec_hash, write_json, write_npz
-from benchmark.registry import get_method
+from benchmark.adapt.scores import describe_score
 from benchmark.adapt.unlabeled import UnlabeledData
+from benchmark.core.hparams import method_label
+from benchmark.core.metrics import LABEL_FREE, infomax_criterion
+from benchmark.core.paths import REPO_ROOT
+from benchmark.core.records import PREDS, RESULT, file_sha256, read_record, write_json, write_npz
+from benchmark.core.schema import RECORD_SCHEMA
+from benchmark.core.spec import RunSpec
+from benchmark.data.fingerprint import data_fingerprint
+from benchmark.model.clip import TEMPLATE_SETS, ClipClassifier, load_clip, resolve_pretrained
+from benchmark.model.features import FeatureCache, frozen_image_features
+from benchmark.registry import get_method
 
 LOCK = ".lock"
 """``flock``-ed by the process computing a run; names its last holder (``host pid``)."""
-
-
-@dataclass
-class RunSpec:
-    """Everything that determines a run's result (its hash names the record directory)."""
-
-    method: str
-    dataset: str
-    domain: str
-    setting: str
-    protocol: str
-    seed: int
-    model: str
-    pretrained: str
-    hparams: dict[str, Any] = field(default_factory=dict)
-    protocol_version: int = PROTOCOL_VERSION
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def hash(self) -> str:
-        return spec_hash(self.as_dict())
-
-    @property
-    def derived_seed(self) -> int:
-        """Seed of all randomness in the run: a hash of the user seed and what is being run.
-
-        Different (method, data set, domain, setting) cells get independent streams from the same
-        user seed, as in DomainBed's ``seed_hash``.
-        """
-        key = json.dumps([self.seed, self.method, self.dataset, self.domain, self.setting, self.protocol])
-        return int(hashlib.md5(key.encode()).hexdigest(), 16) % (2**31)
-
-    @property
-    def data_seed(self) -> int:
-        """Seed of what every method of a cell must share: generated images, stream and evaluation order.
-
-        A hash of the user seed and the cell without the method, so that paired comparisons
-        between methods see the same images in the same order.
-        """
-        key = json.dumps([self.seed, "data", self.dataset, self.domain, self.setting, self.protocol])
-        return int(hashlib.md5(key.encode()).hexdigest(), 16) % (2**31)
-
-    @property
-    def render_seed(self) -> int:
-        """Seed of a generated data set's images when its spec resamples them per run seed.
-
-        It depends on the user seed and the domain only, so every setting and protocol of a seed
-        draws from the same images, as they do for a data set on disk.
-        """
-        key = json.dumps([self.seed, "render", self.dataset, self.domain])
-        return int(hashlib.md5(key.encode()).hexdigest(), 16) % (2**31)
-
-    def label(self) -> str:
-        return f"{self.method} {self.dataset}/{self.domain}/{self.setting} seed={self.seed}"
+LOG = "run.log"
+"""Everything a run printed (progress, warnings, its traceback), kept beside its record."""
 
 
 def seed_everything(seed: int) -> None:
@@ -189,12 +138,25 @@ def run_lock(run_dir: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-def _reused(run_dir: Path) -> dict[str, Any] | None:
-    if not is_complete(run_dir):
-        return None
-    rec = read_result(run_dir)
-    rec["skipped"] = True
-    return rec
+def _current(spec: RunSpec, run_dir: Path, data_root: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """``(record, None)`` when ``run_dir`` holds a complete record of ``spec`` on today's data; else
+    ``(None, why it is computed again)`` (``why`` None: no record yet, or a failed run to retry).
+
+    Not current: a broken or stale record (see ``read_record``), or one whose data fingerprint
+    differs from the data's now (files added, removed or modified since).
+    """
+    if not (run_dir / RESULT).exists():
+        return None, None
+    rec, problem = read_record(run_dir)
+    if rec is None:
+        return None, problem
+    if rec["status"] != "done":
+        return None, None
+    now = data_fingerprint(spec.dataset, spec.domain, data_root)
+    then = (rec.get("data") or {}).get("fingerprint")
+    if then != now:
+        return None, f"{run_dir / RESULT}: its data changed since it ran (fingerprint {then} -> {now})"
+    return {**rec, "skipped": True}, None
 
 
 def execute(
@@ -208,15 +170,20 @@ def execute(
     ``feature_cache`` lets frozen-encoder work reuse image features across runs.
     """
     run_dir = Path(out) / "runs" / spec.hash
-    rec = _reused(run_dir)
+    rec, _ = _current(spec, run_dir, data_root)
     if rec is not None:
         return rec
     with run_lock(run_dir) as mine:
         if not mine:
             return {"spec": spec.as_dict(), "hash": spec.hash, "status": "busy", "skipped": True,
                     "error": "being computed by another process (its lock is held)"}
-        rec = _reused(run_dir)  # another process may have completed it meanwhile
-        return rec if rec is not None else _compute(spec, run_dir, out, data_root, device, profile, feature_cache)
+        rec, problem = _current(spec, run_dir, data_root)  # another process may have completed it meanwhile
+        if rec is not None:
+            return rec
+        rec = _compute(spec, run_dir, out, data_root, device, profile, feature_cache)
+        if problem:
+            rec["redone"] = problem
+        return rec
 
 
 def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tuple[dict, dict, dict, dict]:
@@ -228,7 +195,6 @@ def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tupl
     (in the cell's seeded order) and fit both on them.
     """
     from benchmark.run.evaluate import PredictionSink, as_prediction, fit_thresholds, predict_set, score_predictions
-    from benchmark.report.selection import LABEL_FREE, infomax_criterion
 
     num_known = split.num_known
     arrays: dict[str, np.ndarray] = {}
@@ -266,19 +232,70 @@ def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tupl
                 sink.add(index, *as_prediction(out))
             parts.append(("online", sink.result(), split.adapt.labels))
     for part, p, labels in parts:
-        metrics["adapt_online" if part == "online" else part] = score_predictions(p, labels, num_known, thresholds)
+        metrics[part] = score_predictions(p, labels, num_known, thresholds)
         arrays.update({f"{part}_{k}": v for k, v in p.items()})
         arrays[f"{part}_label"] = labels
     return arrays, metrics, thresholds, label_free
 
 
+class _Tee:
+    """A text stream that writes to a file as well as to the stream it stands in for."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def run_log(run_dir: Path) -> Iterator[None]:
+    """Copy what the run prints (stdout and stderr) into ``run_dir/run.log``, replacing an older one."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOG, "w", encoding="utf-8") as log:
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = saved
+
+
+def _verified_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
+    """Write ``arrays`` to ``path``, reopen it and check every key and length; its SHA-256."""
+    write_npz(path, arrays)
+    with np.load(path) as z:
+        if sorted(z.files) != sorted(arrays):
+            raise OSError(f"{path}: written keys {sorted(z.files)} differ from {sorted(arrays)}")
+        for key, value in arrays.items():
+            if z[key].shape != np.shape(value):
+                raise OSError(f"{path}: {key} reads back with shape {z[key].shape}, wrote {np.shape(value)}")
+    return file_sha256(path)
+
+
 def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, device: str,
+             profile: bool, feature_cache: bool) -> dict[str, Any]:
+    with run_log(run_dir):
+        return _compute_logged(spec, run_dir, out, data_root, device, profile, feature_cache)
+
+
+def _compute_logged(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, device: str,
              profile: bool, feature_cache: bool) -> dict[str, Any]:
     from benchmark.data import get_spec
     from benchmark.run.evaluate import REJECTION_RULE
 
-    record: dict[str, Any] = {"spec": spec.as_dict(), "hash": spec.hash, "started": _now(), "device": device}
-    record.update(environment())
+    record: dict[str, Any] = {"schema": RECORD_SCHEMA, "spec": spec.as_dict(), "hash": spec.hash,
+                              "label": method_label(spec.method, spec.departures), "departures": spec.departures,
+                              "device": spec.device, "validation_domains": list(spec.validation_domains),
+                              "started": _now(), "environment": environment()}
     timings: dict[str, float] = {}
     profiler = Profiler(device) if profile else None
     t_start = time.perf_counter()
@@ -286,8 +303,9 @@ def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, dev
         seed = spec.derived_seed
         seed_everything(seed)
         cls = get_method(spec.method)
-        hparams = cls.resolve_hparams(spec.hparams)
-        record.update(regime=hparams["regime"], headline_score=get_spec(spec.dataset).protocol(spec.protocol).score)
+        hparams = cls.check_resolved(spec.hparams)
+        record.update(regime=hparams["regime"], precision=hparams["precision"],
+                      headline_score=get_spec(spec.dataset).protocol(spec.protocol).score)
 
         t = time.perf_counter()
         loaded = load_clip(spec.model, spec.pretrained, device)
@@ -298,11 +316,11 @@ def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, dev
         model = ClipClassifier(loaded, split.classnames, TEMPLATE_SETS[hparams["prompts"]]).to(device)
         if feature_cache:
             model.feature_cache = FeatureCache.for_run(out, spec.model, resolve_pretrained(spec.model, spec.pretrained))
-        adapter = cls(model, hparams, seed=seed)
+        adapter = cls(model, hparams, seed=seed, resolved=True)
         if adapter.needs_full:
             split = load_run_split(spec, data_root, loaded.image_size, full=True)
         timings["load_data"] = time.perf_counter() - t
-        record["data"] = split.info
+        record["data"] = {**split.info, "fingerprint": data_fingerprint(spec.dataset, spec.domain, data_root)}
         if profiler is not None:
             adapter.profiler = profiler
 
@@ -327,13 +345,15 @@ def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, dev
             record["feature_cache"] = {"hits": cache.hits, "misses": cache.misses}
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_npz(run_dir / PREDS, arrays)
-        record.update(status="done", hparams=hparams, metrics=metrics, execution=adapter.describe(),
-                      scores=sorted(thresholds), rejection={"rule": REJECTION_RULE, "thresholds": thresholds},
+        digest = _verified_npz(run_dir / PREDS, arrays)
+        record.update(status="done", metrics=metrics, execution=adapter.describe(), preds_sha256=digest,
+                      scores={name: describe_score(name) for name in sorted(thresholds)},
+                      rejection={"rule": REJECTION_RULE, "thresholds": thresholds},
                       label_free=label_free,
                       history=adapter.history, curve=adapter.curve, num_trainable=sum(p.numel() for p in adapter.trainable_parameters()))
     except Exception as err:  # a failed run is recorded, never lost; the sweep goes on
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        print(record["traceback"], file=sys.stderr)
     timings["total"] = time.perf_counter() - t_start
     record.update(timings=timings, finished=_now())
     write_json(run_dir / RESULT, record)

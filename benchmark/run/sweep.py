@@ -5,8 +5,11 @@ set's ``recipes`` (a paper's own recipe for that data set, e.g. UEO's 5 epochs o
 departure), the data set's ``overrides`` (e.g. the embedded benchmark's budget: departures), then
 the user's ``--cfg-options``. Tables name every value that departs from the first two layers.
 A list given for a hyper-parameter (``ueo.lr=[1e-4,1e-3]``; for a list-valued one, a list of
-lists) is a grid: every point is an ordinary run. The resolved values are part of each spec, so
-they are in its hash and its record.
+lists) is a grid: every point is an ordinary run. The values are resolved here, once, for each
+spec (the method's derived values and a concrete precision for the device kind included), so
+they are in its hash and its record; the departures from the recipe are computed here too and
+stored with the record. Every key of a data set's ``recipes``, ``overrides`` and ``grids`` and of
+the user's options is checked against the method's hyper-parameters: a typo is an error.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from benchmark.run.runner import RunSpec
+from benchmark.core.hparams import departures
+from benchmark.core.spec import RunSpec, device_kind
 
 
 class SweepError(ValueError):
@@ -37,23 +41,50 @@ class SweepRequest:
     with_validation: bool = False
     grids: bool = False
     """Also sweep each data set's own ``grids`` (the grid its ``overrides`` were selected from)."""
+    device: str = "cpu"
+    """The device the runs compute on; its kind (cpu, cuda) is part of every spec."""
 
 
 DEFAULT_SETTINGS = ["oda"]
 
 
-def recipe_hparams(method: str, dataset: str) -> dict[str, Any]:
-    """A method's recipe on a data set: its defaults updated by the data set's ``recipes`` entry.
+def concrete(cls: Any, hp: dict[str, Any], device: str) -> dict[str, Any]:
+    """``hp`` with ``precision`` made concrete for ``device``'s kind (``official`` -> the method's own
+    on a GPU, fp32 on a CPU); a precision the device cannot run raises ``SweepError``."""
+    from benchmark.model.precision import PrecisionError, effective_precision
 
-    Tables show a run's hyper-parameters that differ from this as departures.
-    """
+    try:
+        precision = effective_precision(hp["precision"], cls.official_precision, device_kind(device), cls.name)
+    except PrecisionError as err:
+        raise SweepError(str(err)) from err
+    return {**hp, "precision": precision}
+
+
+def recipe_hparams(method: str, dataset: str, device: str = "cpu") -> dict[str, Any]:
+    """A method's recipe on a data set and device kind: its defaults updated by the data set's
+    ``recipes`` entry, resolved. Tables show a run's values that differ from this as departures."""
     from benchmark.data import get_spec
     from benchmark.registry import get_method
 
     cls = get_method(method)
-    known = cls.hparam_defaults()
-    recipe = {k: v for k, v in get_spec(dataset).recipes.get(method, {}).items() if k in known}
-    return cls.resolve_hparams(recipe)
+    return concrete(cls, cls.resolve_hparams(get_spec(dataset).recipes.get(method, {})), device)
+
+
+def check_spec_hparams(ds: Any) -> None:
+    """Every method and key of a data set's ``recipes``, ``overrides`` and ``grids`` is registered
+    and known, else ``SweepError`` naming the file, the method, the key and the valid keys."""
+    from benchmark.registry import METHODS, method_names
+
+    where = ds.path / "dataset.yaml" if getattr(ds, "path", None) else ds.name
+    for section in ("recipes", "overrides", "grids"):
+        for method, params in (getattr(ds, section) or {}).items():
+            if method not in method_names():
+                raise SweepError(f"{where}: {section}: unknown method {method!r}; registered: {', '.join(method_names())}")
+            known = METHODS.get(method).hparam_defaults()
+            for key in params or {}:
+                if key not in known:
+                    raise SweepError(f"{where}: {section}.{method}: {key!r} is not a hyper-parameter of {method}; "
+                                     f"valid: {', '.join(sorted(known))}")
 
 
 def is_grid(default: Any, value: Any) -> bool:
@@ -76,6 +107,9 @@ def expand_grid(method: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     defaults = get_method(method).hparam_defaults()
     keys = sorted(params)
     axes = [list(params[k]) if is_grid(defaults.get(k), params[k]) else [params[k]] for k in keys]
+    empty = [k for k, axis in zip(keys, axes) if not axis]
+    if empty:
+        raise SweepError(f"{method}.{empty[0]} = []: an empty grid runs nothing; give a value or a non-empty list")
     return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
 
 
@@ -128,6 +162,11 @@ def build_sweep(req: SweepRequest, not_applicable: list[str] | None = None) -> l
     from benchmark.data import get_spec
     from benchmark.registry import get_method
 
+    asked_for = set(req.overrides or {})
+    outside = sorted(asked_for - set(req.methods))
+    if outside:
+        raise SweepError(f"--cfg-options name method(s) {', '.join(outside)} that are not in this sweep "
+                         f"({', '.join(req.methods)}); add them to --methods or drop the options")
     vit = is_vit_model(req.model)
     methods = []
     for method in req.methods:
@@ -160,23 +199,25 @@ def build_sweep(req: SweepRequest, not_applicable: list[str] | None = None) -> l
         if headline not in score_names():
             raise SweepError(f"protocol {req.protocol!r} of {ds_name} names the OOD score {headline!r}; "
                              f"registered scores: {', '.join(score_names())}")
+        check_spec_hparams(ds)
         for method in methods:
             cls = get_method(method)
-            known = cls.hparam_defaults()
-            layers = {}
-            for layer in (ds.recipes.get(method, {}), ds.overrides.get(method, {})):
-                layers.update({k: v for k, v in layer.items() if k in known})
+            layers = {**ds.recipes.get(method, {}), **ds.overrides.get(method, {})}
+            recipe = recipe_hparams(method, ds_name, req.device)
             asked = (req.overrides or {}).get(method, {})
             if req.grids:
-                asked = {**{k: v for k, v in ds.grids.get(method, {}).items() if k in known}, **asked}
+                asked = {**ds.grids.get(method, {}), **asked}
             for point in expand_grid(method, asked):
-                hparams = cls.resolve_hparams({**layers, **point})
+                hparams = concrete(cls, cls.resolve_hparams({**layers, **point}), req.device)
+                diffs = departures(hparams, recipe)
                 for domain in domains:
                     for setting in settings:
                         for seed in req.seeds:
                             specs.append(RunSpec(method=method, dataset=ds_name, domain=domain, setting=setting,
                                                  protocol=req.protocol, seed=seed, model=req.model,
-                                                 pretrained=req.pretrained, hparams=hparams))
+                                                 pretrained=req.pretrained, hparams=hparams,
+                                                 device=device_kind(req.device), departures=diffs,
+                                                 validation_domains=tuple(ds.validation_domains)))
     if req.domains is not None:
         unused = [d for d in req.domains if d not in used_domains]
         if unused:
