@@ -94,7 +94,8 @@ def _add_slurm_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slurm-array-parallelism", type=int, default=64, metavar="N",
                    help="array tasks running at once (default: 64)")
     g.add_argument("--slurm-cluster", default=None, choices=["slurm", "local"],
-                   help="submitit back end (default: SLURM when available; local = subprocesses, for testing)")
+                   help="submitit back end (default: slurm, which needs sbatch on PATH; local = submitit's local "
+                        "executor, one subprocess per run, for testing)")
 
 
 def _launcher_cfg(args: argparse.Namespace) -> dict:
@@ -180,8 +181,34 @@ def _check_device(device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
-    argv = sys.argv[1:] if argv is None else argv
+    """Entry point; returns the process exit status.
+
+    The first SIGINT or SIGTERM stops the sweep (``benchmark.run.interrupt``): one line
+    ``stopped: N done, M not started; rerun the same command to resume`` on stderr, exit status
+    130 (SIGINT) or 143 (SIGTERM), no traceback. A sweep stopped because no later run could succeed
+    (no space left) prints why and the same line, exit status 1.
+    """
+    from benchmark.run.interrupt import SweepStopped, exit_status, stop_on_signals
+
+    progress: dict = {}
+    with stop_on_signals():
+        try:
+            return _main(sys.argv[1:] if argv is None else argv, progress)
+        except SweepStopped as stop:
+            if stop.reason:
+                print(f"run_bench.py: error: {stop.reason}", file=sys.stderr)
+            print(stop.line(), file=sys.stderr)
+            return stop.status
+        except KeyboardInterrupt as err:  # outside the launcher: before the runs, or while reporting
+            total, done = progress.get("total"), progress.get("done", 0)
+            if total is None:
+                print("stopped before any run started; rerun the same command to resume", file=sys.stderr)
+            else:
+                print(SweepStopped(done, total - done, 0).line(), file=sys.stderr)
+            return exit_status(err)
+
+
+def _main(argv: list[str], progress: dict) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--plugins", nargs="+", default=None)
     pre.add_argument("--config", default=None)
@@ -214,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_list_registries())
         return 0
     try:
-        return _run(args)
+        return _run(args, progress)
     except UsageError as err:
         print(f"run_bench.py: error: {err}", file=sys.stderr)
         return 2
@@ -298,7 +325,7 @@ def _print_plan(specs: list, out: Path, not_applicable: list[str], show_hparams:
     print(f"dry run: {len(specs)} runs, {done} with complete records, {len(specs) - done} to run; nothing was run")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, progress: dict) -> int:
     from benchmark.adapt.adapter import HyperParameterError
     from benchmark.model.clip import ModelError, resolve_pretrained
     from benchmark.registry import LAUNCHERS, method_names
@@ -318,6 +345,12 @@ def _run(args: argparse.Namespace) -> int:
         _check_device(args.device)
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if not args.dry_run and args.launcher in ("slurm", "submitit"):
+        from benchmark.run.launchers import slurm_problem
+
+        problem = slurm_problem(args.slurm_cluster)
+        if problem:
+            raise UsageError(problem)
     specs, not_applicable = [], []
     try:
         overrides = parse_cfg_options(args.cfg_options)
@@ -342,7 +375,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"not applicable (left out): {line}", file=sys.stderr)
     _check_data(args.datasets, args.data_root)
     launcher = LAUNCHERS.build(_launcher_cfg(args))
+    progress["total"] = len(specs)
     records = launcher(specs, out, args.data_root, args.device)
+    progress["done"] = len(records)
     write_report(out, **report_options)
     print((out / "leaderboard.md").read_text())
     print(summarize(records, out))
