@@ -213,7 +213,7 @@ def _main(argv: list[str], progress: dict) -> int:
     pre.add_argument("--plugins", nargs="+", default=None)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
-    from benchmark.registry import load_plugins
+    from benchmark.registry import PluginError, load_plugins
 
     try:
         config = load_config(known.config) if known.config else {}
@@ -222,8 +222,8 @@ def _main(argv: list[str], progress: dict) -> int:
         return 2
     try:
         load_plugins(known.plugins if known.plugins is not None else config.get("plugins", []))
-    except (OSError, ImportError, SyntaxError) as err:
-        print(f"run_bench.py: error: cannot load plugin: {err}", file=sys.stderr)
+    except PluginError as err:
+        print(f"run_bench.py: error: {err}", file=sys.stderr)
         return 2
     parser = build_parser()
     models = config.pop("models", None)
@@ -325,6 +325,27 @@ def _print_plan(specs: list, out: Path, not_applicable: list[str], show_hparams:
     print(f"dry run: {len(specs)} runs, {done} with complete records, {len(specs) - done} to run; nothing was run")
 
 
+def check_out(out: Path, create: bool = True) -> None:
+    """``--out`` must be (or, with ``create``, become) a folder this process can write in: ``UsageError`` naming why not.
+
+    Without ``create`` (``--report-only``) a missing folder is left to the report's own message.
+    """
+    import tempfile
+
+    try:
+        if not create and not out.exists():
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise UsageError(f"--out {out} is not a folder (a file of that name exists)") from None
+    except OSError as err:
+        raise UsageError(f"--out {out} cannot be used: {err.strerror or err}"
+                         f"{f' ({err.filename})' if err.filename and str(err.filename) != str(out) else ''}") from None
+
+
 def _run(args: argparse.Namespace, progress: dict) -> int:
     from benchmark.adapt.adapter import HyperParameterError
     from benchmark.model.clip import ModelError, resolve_pretrained
@@ -334,6 +355,8 @@ def _run(args: argparse.Namespace, progress: dict) -> int:
 
     out: Path = args.out
     report_options = _report_options(args)
+    if not args.dry_run:
+        check_out(out, create=not args.report_only)
     if args.report_only:
         try:
             write_report(out, **report_options)
