@@ -3,9 +3,11 @@
 Choices come from the registries, so a method registered in ``methods/`` (or a ``--plugins``
 file) is on the command line without editing this file. A ``--config`` file (mmengine) gives
 the defaults of a whole sweep, flags override it, and ``--dry-run`` lists its runs. Exit status:
-0 when every run is done (or, with ``--dry-run``, planned), 1 when any run failed, 2 on bad
-arguments. The last stdout line is the machine-readable tally ``N runs: X ran, Y reused complete
-records, Z failed``.
+0 when every run is done (or, with ``--dry-run``, planned), 1 when any run failed (or the sweep
+stopped because no later run could succeed: no space left), 2 on bad arguments (an unusable
+``--out``, a broken plugin, ``--launcher slurm`` without ``sbatch``), 130 / 143 when stopped by
+SIGINT / SIGTERM. The last stdout line is the machine-readable tally ``N runs: X ran, Y reused
+complete records, Z failed``.
 """
 from __future__ import annotations
 

@@ -192,8 +192,18 @@ class _Worker:
         return self.proc.is_alive()
 
     def signal(self, sig: int) -> None:
-        if self.alive():
-            kill_group(self.proc.pid, sig)
+        """Send ``sig`` to the worker's process group; SIGTERM becomes SIGKILL while it is still starting.
+
+        A worker leads its own group once ``become_worker`` ran; before that it is importing, has
+        written nothing, and would see SIGTERM only after its imports.
+        """
+        if not self.alive():
+            return
+        try:
+            ready = os.getpgid(self.proc.pid) == self.proc.pid
+        except OSError:
+            return
+        kill_group(self.proc.pid, sig if ready else signal.SIGKILL)
 
 
 def _exit_text(code: int | None) -> str:
