@@ -32,9 +32,19 @@ from tqdm.auto import tqdm
 from benchmark.core.paths import REPO_ROOT
 from benchmark.core.records import is_complete
 from benchmark.registry import LAUNCHERS, load_plugins
-from benchmark.run.interrupt import (PARENT_GRACE, SweepStopped, become_worker, descendants, exit_status, hurry,
-                                     kill_group, signals_blocked, signals_deferred, watch_parent,
-                                     watch_sweep)
+from benchmark.run.interrupt import (
+    PARENT_GRACE,
+    SweepStopped,
+    become_worker,
+    descendants,
+    exit_status,
+    hurry,
+    kill_group,
+    signals_blocked,
+    signals_deferred,
+    watch_parent,
+    watch_sweep,
+)
 from benchmark.run.runner import RunSpec, discard_partial, execute
 
 
