@@ -284,17 +284,18 @@ class LocalLauncher:
                 w.proc.join(1.0)
                 rec = _lost(specs[i], f"its worker process died ({_exit_text(w.proc.exitcode)})")
                 workers.remove(w)
-                if queue:
-                    hand_out(spawn())
             else:
                 i, rec = msg
-                hand_out(w)
             records[i] = rec
             _report(specs[i], rec)
             bar.update()
             reason = _stop_reason(specs[i], rec)
-            if reason:
+            if reason:  # no further run is handed out
                 raise _stopped(specs, records, out, 1, reason)
+            if msg is not None:
+                hand_out(w)
+            elif queue:
+                hand_out(spawn())
 
         try:
             for _ in range(min(self.workers, len(specs))):
