@@ -1,8 +1,24 @@
 #!/usr/bin/env python
 """Benchmark unsupervised CLIP adaptation methods: ``python run_bench.py --methods ueo tent``."""
+import gc
+import os
+import signal
 import sys
 
-from benchmark.cli import main
+
+def _stopped_while_starting(signum, frame):
+    """Ctrl-C or SIGTERM while torch and friends load: nothing has run or been written yet."""
+    print("stopped before any run started; rerun the same command to resume", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, _stopped_while_starting)
+
+from benchmark.cli import main  # after the handlers: importing torch takes seconds
+
+if __name__ == "__main__":
+    code = main()
+    gc.freeze()  # the interpreter's final collections over torch's objects take seconds on a busy machine
+    sys.exit(code)

@@ -3,9 +3,11 @@
 Choices come from the registries, so a method registered in ``methods/`` (or a ``--plugins``
 file) is on the command line without editing this file. A ``--config`` file (mmengine) gives
 the defaults of a whole sweep, flags override it, and ``--dry-run`` lists its runs. Exit status:
-0 when every run is done (or, with ``--dry-run``, planned), 1 when any run failed, 2 on bad
-arguments. The last stdout line is the machine-readable tally ``N runs: X ran, Y reused complete
-records, Z failed``.
+0 when every run is done (or, with ``--dry-run``, planned), 1 when any run failed (or the sweep
+stopped because no later run could succeed: no space left), 2 on bad arguments (an unusable
+``--out``, a broken plugin, ``--launcher slurm`` without ``sbatch``), 130 / 143 when stopped by
+SIGINT / SIGTERM. The last stdout line is the machine-readable tally ``N runs: X ran, Y reused
+complete records, Z failed``.
 """
 from __future__ import annotations
 
@@ -153,7 +155,8 @@ def _add_slurm_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slurm-array-parallelism", type=int, default=64, metavar="N",
                    help="array tasks running at once (default: 64)")
     g.add_argument("--slurm-cluster", default=None, choices=["slurm", "local"],
-                   help="submitit back end (default: SLURM when available; local = subprocesses, for testing)")
+                   help="submitit back end (default: slurm, which needs sbatch on PATH; local = submitit's local "
+                        "executor, one subprocess per run, for testing)")
 
 
 def _launcher_cfg(args: argparse.Namespace) -> dict:
@@ -244,14 +247,40 @@ def _check_device(device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
-    argv = sys.argv[1:] if argv is None else argv
+    """Entry point; returns the process exit status.
+
+    The first SIGINT or SIGTERM stops the sweep (``benchmark.run.interrupt``): one line
+    ``stopped: N done, M not started; rerun the same command to resume`` on stderr, exit status
+    130 (SIGINT) or 143 (SIGTERM), no traceback. A sweep stopped because no later run could succeed
+    (no space left) prints why and the same line, exit status 1.
+    """
+    from benchmark.run.interrupt import SweepStopped, exit_status, stop_on_signals
+
+    progress: dict = {}
+    with stop_on_signals():
+        try:
+            return _main(sys.argv[1:] if argv is None else argv, progress)
+        except SweepStopped as stop:
+            if stop.reason:
+                print(f"run_bench.py: error: {stop.reason}", file=sys.stderr)
+            print(stop.line(), file=sys.stderr)
+            return stop.status
+        except KeyboardInterrupt as err:  # outside the launcher: before the runs, or while reporting
+            total, done = progress.get("total"), progress.get("done", 0)
+            if total is None:
+                print("stopped before any run started; rerun the same command to resume", file=sys.stderr)
+            else:
+                print(SweepStopped(done, total - done, 0).line(), file=sys.stderr)
+            return exit_status(err)
+
+
+def _main(argv: list[str], progress: dict) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--plugins", nargs="+", default=None)
     pre.add_argument("--config", default=None)
     pre.add_argument("--report-only", action="store_true")
     known, _ = pre.parse_known_args(argv)
-    from benchmark.registry import load_plugins
+    from benchmark.registry import PluginError, load_plugins
 
     try:
         config = load_config(known.config) if known.config else {}
@@ -261,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     if not known.report_only:
         try:
             load_plugins(known.plugins if known.plugins is not None else config.get("plugins", []))
-        except (OSError, ImportError, SyntaxError) as err:
-            print(f"run_bench.py: error: cannot load plugin: {err}", file=sys.stderr)
+        except PluginError as err:
+            print(f"run_bench.py: error: {err}", file=sys.stderr)
             return 2
         if known.config and config.get("cfg_options"):
             try:
@@ -286,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_list_registries())
         return 0
     try:
-        return _run(args)
+        return _run(args, progress)
     except UsageError as err:
         print(f"run_bench.py: error: {err}", file=sys.stderr)
         return 2
@@ -380,11 +409,34 @@ def _print_plan(specs: list, out: Path, not_applicable: list[str], show_hparams:
     print(f"dry run: {len(specs)} runs, {done} with complete records, {len(specs) - done} to run; nothing was run")
 
 
-def _run(args: argparse.Namespace) -> int:
+def check_out(out: Path, create: bool = True) -> None:
+    """``--out`` must be (or, with ``create``, become) a folder this process can write in: ``UsageError`` naming why not.
+
+    Without ``create`` (``--report-only``) a missing folder is left to the report's own message.
+    """
+    import tempfile
+
+    try:
+        if not create and not out.exists():
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise UsageError(f"--out {out} is not a folder (a file of that name exists)") from None
+    except OSError as err:
+        raise UsageError(f"--out {out} cannot be used: {err.strerror or err}"
+                         f"{f' ({err.filename})' if err.filename and str(err.filename) != str(out) else ''}") from None
+
+
+def _run(args: argparse.Namespace, progress: dict) -> int:
     from benchmark.report.build import write_report
 
     out: Path = args.out
     report_options = _report_options(args)
+    if not args.dry_run:
+        check_out(out, create=not args.report_only)
     if args.report_only:
         try:
             report = write_report(out, **report_options)
@@ -393,7 +445,7 @@ def _run(args: argparse.Namespace) -> int:
         print((out / "leaderboard.md").read_text())
         _print_left_out(report.problems)
         return 0
-    return _sweep(args, out, report_options)
+    return _sweep(args, out, report_options, progress)
 
 
 def _print_left_out(problems: list[str]) -> None:
@@ -402,7 +454,7 @@ def _print_left_out(problems: list[str]) -> None:
         print(f"left out of the tables: {line}", file=sys.stderr)
 
 
-def _sweep(args: argparse.Namespace, out: Path, report_options: dict) -> int:
+def _sweep(args: argparse.Namespace, out: Path, report_options: dict, progress: dict) -> int:
     """Build the sweep, check what it needs, run it and report."""
     from benchmark.adapt.adapter import HyperParameterError
     from benchmark.model.clip import ModelError, resolve_pretrained
@@ -418,6 +470,12 @@ def _sweep(args: argparse.Namespace, out: Path, report_options: dict) -> int:
         _check_device(args.device)
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if not args.dry_run and args.launcher in ("slurm", "submitit"):
+        from benchmark.run.launchers import slurm_problem
+
+        problem = slurm_problem(args.slurm_cluster)
+        if problem:
+            raise UsageError(problem)
     specs, not_applicable = [], []
     try:
         overrides = parse_cfg_options(args.cfg_options)
@@ -445,7 +503,9 @@ def _sweep(args: argparse.Namespace, out: Path, report_options: dict) -> int:
     for line in not_applicable:
         print(f"not applicable (left out): {line}", file=sys.stderr)
     launcher = LAUNCHERS.build(_launcher_cfg(args))
+    progress["total"] = len(specs)
     records = launcher(specs, out, args.data_root, args.device)
+    progress["done"] = len(records)
     redone = [r for r in records if r.get("redone")]
     for r in redone:
         print(f"recomputed: {r['redone']}", file=sys.stderr)

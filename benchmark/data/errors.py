@@ -13,6 +13,10 @@ class DataError(Exception):
     """Data that is missing, malformed or unreadable; the message says how to fix it."""
 
 
+class ListError(DataError):
+    """An image list with a bad line: malformed, a label out of range, or a path outside the data set's root."""
+
+
 class UnknownNameError(DataError, KeyError):
     """An unknown data set, domain, protocol or setting name."""
 

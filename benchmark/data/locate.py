@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.data.errors import DataError
+from benchmark.data.errors import DataError, ListError
 from benchmark.data.spec import DatasetSpec, normalise_name
 
 DATA_ROOT_ENV = "CLIPBENCH_DATA"
@@ -171,22 +171,49 @@ def _scan_folders(spec: DatasetSpec, folder: Path) -> FileSet:
     return FileSet([Path(p) for p, _ in items], np.array([i for _, i in items], dtype=np.int64))
 
 
+def _outside(root: Path, entry: str) -> bool:
+    """True when list entry ``entry`` names a file outside ``root``: absolute, or climbing out with ``..``.
+
+    Lexical, on purpose: a symbolic link inside the root (a domain folder kept on another disk)
+    is the user's own choice and stays allowed.
+    """
+    if os.path.isabs(entry):
+        return True
+    joined = os.path.normpath(os.path.join(root, entry))
+    return os.path.commonpath([joined, os.path.normpath(root)]) != os.path.normpath(root)
+
+
 def read_list(spec: DatasetSpec, file: Path, root: Path) -> FileSet:
-    """Read a ``<path> <label>`` list; paths are relative to ``root``, labels pinned class indices."""
+    """Read a ``<path> <label>`` list; paths are relative to ``root``, labels pinned class indices.
+
+    Every path must stay inside ``root``: an absolute path or one that climbs out (``../x.jpg``)
+    is a ``DataError`` naming the list, the line and the path (a list must not make a run read,
+    or ``verify`` vouch for, files of another data set or anywhere else on the machine).
+    """
     if not file.is_file():
         raise _error(spec, f"image list not found: {file}")
     items: list[tuple[str, int]] = []
+    outside: list[tuple[int, str]] = []
     n_classes = len(spec.classes)
     for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise DataError(f"{file}:{number}: expected '<path> <label>', got {line.strip()!r}")
+            raise ListError(f"{file}:{number}: expected '<path> <label>', got {line.strip()!r}")
         label = int(parts[1])
         if not 0 <= label < n_classes:
-            raise DataError(f"{file}:{number}: label {label} out of range 0..{n_classes - 1}")
-        items.append((str(root / parts[0].strip()), label))
+            raise ListError(f"{file}:{number}: label {label} out of range 0..{n_classes - 1}")
+        entry = parts[0].strip()
+        if _outside(root, entry):
+            outside.append((number, entry))
+        items.append((str(root / entry), label))
+    if outside:
+        number, entry = outside[0]
+        more = f" (and {len(outside) - 1} more such line(s): {', '.join(str(n) for n, _ in outside[1:6])}" \
+               f"{', ...' if len(outside) > 6 else ''})" if len(outside) > 1 else ""
+        raise ListError(f"{file}:{number}: path {entry!r} lies outside the data set's root {root}; list paths "
+                        f"must be relative to it and stay inside it{more}")
     items.sort(key=_by_class)
     return FileSet([Path(p) for p, _ in items], np.array([i for _, i in items], dtype=np.int64))
 

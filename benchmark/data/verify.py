@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmark.data.errors import DataError
+from benchmark.data.errors import DataError, ListError
 from benchmark.data.images import PROGRESS_MIN, default_threads, probe_image
 from benchmark.data.locate import dataset_root, domain_dir, locate, resolve_data_root
 from benchmark.data.manifest import recorded_files
@@ -56,15 +56,16 @@ class VerifyReport:
     decode: bool
     parts: list[PartReport] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when every domain was found and every part is ok."""
-        return not self.errors and all(p.ok for p in self.parts)
+        """True when every domain was found, every image list is valid and every part is ok."""
+        return not self.errors and not self.invalid and all(p.ok for p in self.parts)
 
     def lines(self) -> list[str]:
         """A human-readable report, one finding per line, paths indented below their finding."""
-        out = [f"[missing] {e}" for e in self.errors]
+        out = [f"[missing] {e}" for e in self.errors] + [f"[invalid list] {e}" for e in self.invalid]
         for p in self.parts:
             where = f"{self.dataset}/{p.domain} {p.part}"
             status = "ok" if p.ok else ("count" if not p.count_ok else "problems")
@@ -127,6 +128,9 @@ def verify(
         domain = spec.resolve_domain(domain)
         try:
             files = locate(spec, domain, base)
+        except ListError as exc:  # e.g. a path outside the data set's root: nothing of the domain is checked
+            report.invalid.append(f"{spec.name}/{domain}: {exc}")
+            continue
         except DataError as exc:
             report.errors.append(f"{spec.name}/{domain}: {exc}")
             continue

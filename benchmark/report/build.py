@@ -55,13 +55,11 @@ def report_lock(out: Path) -> Iterator[None]:
 def write_tables(groups: list[Group], out: Path, metrics: tuple[str, ...], alpha: float) -> dict[str, list[Path]]:
     """``tables/<group>.md``, ``.tex`` and ``.csv`` (long format) per group; returns the paths by group slug.
 
-    Tables of an earlier report in ``tables/`` are removed first, so none outlives its records.
+    Tables of an earlier report that this one does not rewrite are removed by ``write_report``
+    once ``report.md`` no longer links them (:func:`remove_stale`).
     """
     tdir = out / "tables"
     tdir.mkdir(parents=True, exist_ok=True)
-    for old in sorted(tdir.glob("*")):
-        if old.suffix in (".md", ".tex", ".csv"):
-            old.unlink(missing_ok=True)
     paths = {}
     for g in groups:
         files = [tdir / f"{g.slug}.md", tdir / f"{g.slug}.tex", tdir / f"{g.slug}.csv"]
@@ -74,15 +72,13 @@ def write_tables(groups: list[Group], out: Path, metrics: tuple[str, ...], alpha
 def write_plots(groups: list[Group], out: Path, metrics: tuple[str, ...]) -> dict[str, list[Path]]:
     """Bars, a critical-difference diagram, the accuracy/AUROC trade-off and training curves per group.
 
-    Figures of an earlier report in ``plots/`` are removed first.
+    Figures of an earlier report that this one does not rewrite are removed by ``write_report``
+    once ``report.md`` no longer links them (:func:`remove_stale`).
     """
     from benchmark.report import plots
 
     pdir = out / "plots"
     pdir.mkdir(parents=True, exist_ok=True)
-    for old in sorted(pdir.glob("*")):
-        if old.suffix in (".png", ".pdf"):
-            old.unlink(missing_ok=True)
     made: dict[str, list[Path]] = {}
     primary = "hm_accpc_auroc" if "hm_accpc_auroc" in metrics else metrics[0]
     for g in groups:
@@ -102,6 +98,14 @@ def write_plots(groups: list[Group], out: Path, metrics: tuple[str, ...]) -> dic
             files += plots.curves(histories, g.methods, g.title, pdir / f"curves_{g.slug}")
         made[g.slug] = files
     return made
+
+
+def remove_stale(folder: Path, suffixes: tuple[str, ...], written: dict[str, list[Path]]) -> None:
+    """Remove the files of an earlier report in ``folder`` that this one did not write (after ``report.md``)."""
+    keep = {p for files in written.values() for p in files}
+    for old in sorted(folder.glob("*")):
+        if old.suffix in suffixes and old not in keep:
+            old.unlink(missing_ok=True)
 
 
 def write_report(out: Path, metrics: tuple[str, ...] | list[str] = DEFAULT_METRICS,
@@ -146,5 +150,9 @@ def write_report(out: Path, metrics: tuple[str, ...] | list[str] = DEFAULT_METRI
                                                                   published, problems))
         tables = write_tables(groups, out, metrics, alpha)
         figures = write_plots(groups, out, metrics) if plots else {}
+        # report.md last, stale files after it: an interrupted rebuild never leaves a link to a removed file
         atomic_write(out / "report.md", report_markdown(groups, out, tables, figures, metrics, baseline))
+        remove_stale(out / "tables", (".md", ".tex", ".csv"), tables)
+        if plots:
+            remove_stale(out / "plots", (".png", ".pdf"), figures)
     return Report(board, problems)

@@ -8,6 +8,7 @@ latter written last. A run whose record is complete is never recomputed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import os
@@ -32,7 +33,7 @@ from benchmark.adapt.unlabeled import UnlabeledData
 from benchmark.core.hparams import method_label
 from benchmark.core.metrics import LABEL_FREE, infomax_criterion
 from benchmark.core.paths import REPO_ROOT
-from benchmark.core.records import PREDS, RESULT, file_sha256, read_record, write_json, write_npz
+from benchmark.core.records import PREDS, RESULT, file_sha256, is_complete, read_record, write_json, write_npz
 from benchmark.core.schema import RECORD_SCHEMA
 from benchmark.core.spec import RunSpec
 from benchmark.data.fingerprint import data_fingerprint
@@ -138,6 +139,39 @@ def run_lock(run_dir: Path) -> Iterator[bool]:
         os.close(fd)
 
 
+STOP_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+"""Errors that fail every later run too (no space, quota, read-only file system): they stop the sweep."""
+
+
+def stops_sweep(err: BaseException) -> bool:
+    """True when ``err`` would fail every later run the same way (see :data:`STOP_ERRNOS`)."""
+    return isinstance(err, OSError) and err.errno in STOP_ERRNOS
+
+
+def _discard(run_dir: Path) -> None:
+    """Remove what an unfinished run left in ``run_dir``: temporary files, and predictions without their record.
+
+    The caller holds the run's lock (or knows its writer is dead).
+    """
+    if not run_dir.is_dir():
+        return
+    for tmp in run_dir.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    if not is_complete(run_dir):
+        with contextlib.suppress(OSError):
+            (run_dir / PREDS).unlink(missing_ok=True)
+
+
+def discard_partial(run_dir: Path) -> None:
+    """After a stop, leave nothing of an interrupted run in ``run_dir`` (unless another process holds its lock)."""
+    if not run_dir.is_dir():
+        return
+    with contextlib.suppress(OSError), run_lock(run_dir) as mine:
+        if mine:
+            _discard(run_dir)
+
+
 def _current(spec: RunSpec, run_dir: Path, data_root: str | None) -> tuple[dict[str, Any] | None, str | None]:
     """``(record, None)`` when ``run_dir`` holds a complete record of ``spec`` on today's data; else
     ``(None, why it is computed again)`` (``why`` None: no record yet, or a failed run to retry).
@@ -167,23 +201,36 @@ def execute(
 
     A run another live process is computing right now is not started twice: it comes back with
     ``status: "busy"`` and ``skipped``. ``profile`` adds phase timings to the record;
-    ``feature_cache`` lets frozen-encoder work reuse image features across runs.
+    ``feature_cache`` lets frozen-encoder work reuse image features across runs. An interrupted run
+    (``KeyboardInterrupt``, e.g. from a stop signal) leaves no record, no predictions and no
+    temporary file behind. A failed record with ``stop_sweep`` set means every later run would
+    fail the same way (no space left, see :func:`stops_sweep`): launchers stop the sweep.
     """
     run_dir = Path(out) / "runs" / spec.hash
     rec, _ = _current(spec, run_dir, data_root)
     if rec is not None:
         return rec
-    with run_lock(run_dir) as mine:
-        if not mine:
-            return {"spec": spec.as_dict(), "hash": spec.hash, "status": "busy", "skipped": True,
-                    "error": "being computed by another process (its lock is held)"}
-        rec, problem = _current(spec, run_dir, data_root)  # another process may have completed it meanwhile
-        if rec is not None:
+    try:
+        with run_lock(run_dir) as mine:
+            if not mine:
+                return {"spec": spec.as_dict(), "hash": spec.hash, "status": "busy", "skipped": True,
+                        "error": "being computed by another process (its lock is held)"}
+            rec, problem = _current(spec, run_dir, data_root)  # another process may have completed it meanwhile
+            if rec is not None:
+                return rec
+            _discard(run_dir)  # what a killed earlier attempt left (we hold the lock: its writer is gone)
+            try:
+                rec = _compute(spec, run_dir, out, data_root, device, profile, feature_cache)
+            except BaseException:  # interrupted: nothing half-written stays behind
+                _discard(run_dir)
+                raise
+            if problem:
+                rec["redone"] = problem
             return rec
-        rec = _compute(spec, run_dir, out, data_root, device, profile, feature_cache)
-        if problem:
-            rec["redone"] = problem
-        return rec
+    except OSError as err:  # the run's folder or lock cannot be created: no later run could either
+        error = f"cannot create {run_dir}: {type(err).__name__}: {err}"
+        return {"spec": spec.as_dict(), "hash": spec.hash, "status": "failed", "skipped": False, "error": error,
+                "traceback": traceback.format_exc(), "stop_sweep": error}
 
 
 def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tuple[dict, dict, dict, dict]:
@@ -351,11 +398,21 @@ def _compute_logged(spec: RunSpec, run_dir: Path, out: Path, data_root: str | No
                       rejection={"rule": REJECTION_RULE, "thresholds": thresholds},
                       label_free=label_free,
                       history=adapter.history, curve=adapter.curve, num_trainable=sum(p.numel() for p in adapter.trainable_parameters()))
-    except Exception as err:  # a failed run is recorded, never lost; the sweep goes on
+    except Exception as err:  # a failed run is recorded, never lost; the sweep goes on unless no run could succeed
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         print(record["traceback"], file=sys.stderr)
+        if stops_sweep(err):
+            record["stop_sweep"] = record["error"]
     timings["total"] = time.perf_counter() - t_start
     record.update(timings=timings, finished=_now())
-    write_json(run_dir / RESULT, record)
+    try:
+        write_json(run_dir / RESULT, record)
+    except OSError as err:  # the record itself cannot be written: it is failed, and so would be the next ones
+        error = f"cannot write {run_dir / RESULT}: {type(err).__name__}: {err}"
+        record.update(status="failed", error=error, traceback=traceback.format_exc(), stop_sweep=error)
+        with contextlib.suppress(OSError):  # predictions without their record are no record
+            (run_dir / PREDS).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a failed record is small: it may still fit
+            write_json(run_dir / RESULT, record)
     record["skipped"] = False
     return record
