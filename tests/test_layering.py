@@ -20,7 +20,8 @@ ALLOWED = {
     "registry": {"core", "registry"},
     "run": {"core", "data", "model", "adapt", "registry", "run"},
     "report": {"core", "report"},
-    "cli": {"core", "data", "model", "adapt", "registry", "run", "report", "cli"},
+    "cli": {"core", "data", "model", "adapt", "registry", "run", "report", "cli", "cli_parser"},
+    "cli_parser": {"core", "data", "adapt", "registry", "run", "report", "cli_parser"},
     "tools": {"core", "data", "model", "tools"},
     "__init__": set(),
 }
