@@ -112,9 +112,7 @@ def test_unlabeled_batches_carry_no_labels():
 
 PLUGIN = '''
 """A user's own method, kept outside the repository."""
-from benchmark.adapt.adapter import Adapter
-from benchmark.adapt.losses import softmax_entropy
-from benchmark.registry import register_method
+{imports}
 
 
 @register_method
@@ -137,17 +135,27 @@ class NormEntropy(Adapter):
 '''
 
 
-def test_plugin_method_from_outside_the_repo(tmp_path: Path, capsys):
-    plugin = tmp_path / "elsewhere" / "my_method.py"
+IMPORTS = {
+    "public": "from benchmark import Adapter, register_method\nfrom benchmark.adapt.losses import softmax_entropy",
+    "old_readme": "from benchmark.adapter import Adapter\nfrom benchmark.losses import softmax_entropy\n"
+                  "from benchmark.registry import register_method",
+}
+
+
+@pytest.mark.parametrize("style", sorted(IMPORTS))
+def test_plugin_method_from_outside_the_repo(tmp_path: Path, capsys, style):
+    """A method file outside the repo, written with the public imports or with the README's old ones."""
+    plugin = tmp_path / "elsewhere" / f"my_method_{style}.py"
     plugin.parent.mkdir()
-    plugin.write_text(PLUGIN)
+    name = f"my_norm_entropy_{style}"
+    plugin.write_text(PLUGIN.replace("{imports}", IMPORTS[style]).replace("my_norm_entropy", name))
     out = tmp_path / "out"
-    argv = ["--plugins", str(plugin), "--methods", "my_norm_entropy", "zero_shot", "--domains", "sketch",
+    argv = ["--plugins", str(plugin), "--methods", name, "zero_shot", "--domains", "sketch",
             "--seeds", "1", "--out", str(out)]
     assert main(argv) == 0
     records = load_records(out)
-    assert {r["spec"]["method"] for r in records} == {"my_norm_entropy", "zero_shot"}
+    assert {r["spec"]["method"] for r in records} == {name, "zero_shot"}
     assert all(r["status"] == "done" for r in records)
-    assert "my_norm_entropy" in (out / "leaderboard.md").read_text()
+    assert name in (out / "leaderboard.md").read_text()
     assert main(["--plugins", str(tmp_path / "missing.py"), "--out", str(out)]) == 2
     assert "missing.py" in capsys.readouterr().err

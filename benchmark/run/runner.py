@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import functools
 import os
 import platform
@@ -304,14 +305,14 @@ class _Tee:
 
 
 @contextlib.contextmanager
-def run_log(run_dir: Path) -> Iterator[None]:
+def run_log(run_dir: Path) -> Iterator[Any]:
     """Copy what the run prints (stdout and stderr) into ``run_dir/run.log``, replacing an older one."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / LOG, "w", encoding="utf-8") as log:
         saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
         try:
-            yield
+            yield log
         finally:
             sys.stdout, sys.stderr = saved
 
@@ -330,8 +331,14 @@ def _verified_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
 
 def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, device: str,
              profile: bool, feature_cache: bool) -> dict[str, Any]:
-    with run_log(run_dir):
-        return _compute_logged(spec, run_dir, out, data_root, device, profile, feature_cache)
+    with run_log(run_dir) as log:
+        log.write(f"{_now()} start {spec.label()} ({spec.hash}) on {device}, host {platform.node()} pid {os.getpid()}\n"
+                  f"hparams: {json.dumps(spec.hparams, sort_keys=True)}\n")
+        log.flush()
+        record = _compute_logged(spec, run_dir, out, data_root, device, profile, feature_cache)
+        log.write(f"{_now()} {record['status']}"
+                  f"{': ' + record['error'] if record.get('error') else ''} in {record['timings']['total']:.1f} s\n")
+        return record
 
 
 def _compute_logged(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, device: str,
