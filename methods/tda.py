@@ -14,61 +14,23 @@ zero-shot pseudo-label ``argmax_k 100 cos``:
   ``neg_mask_lower < p < neg_mask_upper`` (0.03, 1) of the stored probabilities.
 
 The caches are updated before the image's own logits are computed (so it can match itself), as
-in ``tda_runner.py:83-93``. With ``views > 1`` (TDA's ImageNet-A/V/R/Sketch setting: 64 AugMix
+in ``tda_runner.py:83-93``. The caches and their rules live in ``benchmark/adapt/caches.py``, shared
+with BoostAdapter. With ``views > 1`` (TDA's ImageNet-A/V/R/Sketch setting: 64 AugMix
 views) the feature, logits, entropy and probabilities are those of the 10% lowest-entropy views
 (mean feature, not re-normalised; mean logits; entropy of the mean probability; mean probability).
 """
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
 from benchmark.adapt.adapter import Adapter
 from benchmark.adapt.augment import Augment, image_generators
+from benchmark.adapt.caches import ClassCache, TDACaches, cache_logits, confident_statistics
 from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
-from benchmark.adapt.views import confident_views, marginal_entropy
+from benchmark.adapt.views import confident_views
 
-
-class ClassCache:
-    """Per-class entries ``(feature, entropy, extra)`` sorted by entropy, at most ``capacity`` per class."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.entries: dict[int, list[tuple[torch.Tensor, float, torch.Tensor | None]]] = {}
-
-    def offer(self, label: int, feature: torch.Tensor, entropy: float, extra: torch.Tensor | None = None) -> None:
-        """TDA's ``update_cache``: append while below capacity, else replace the worst if the new one is better."""
-        items = self.entries.setdefault(label, [])
-        if len(items) < self.capacity:
-            items.append((feature, entropy, extra))
-        elif entropy < items[-1][1]:
-            items[-1] = (feature, entropy, extra)
-        items.sort(key=lambda item: item[1])
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self.entries.values())
-
-    def keys_values(self, num_classes: int, mask: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, D) stored features in class order and their (N, K) values: one-hot labels, or for a
-        negative cache the ``mask`` of the stored probabilities."""
-        feats, values = [], []
-        for label in sorted(self.entries):
-            for feature, _, extra in self.entries[label]:
-                feats.append(feature)
-                if mask is None:
-                    values.append(F.one_hot(torch.tensor(label), num_classes).to(feature.dtype))
-                else:
-                    values.append(((extra > mask[0]) & (extra < mask[1])).to(feature.dtype))
-        return torch.stack(feats), torch.stack(values).to(feats[0].device)
-
-
-def cache_logits(feature: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    """``alpha * exp(-(beta - beta * f . keys)) @ values`` (TDA's ``compute_cache_logits``)."""
-    affinity = feature @ keys.t()
-    return alpha * torch.exp(-(beta - beta * affinity)) @ values
+__all__ = ["TDA", "ClassCache", "cache_logits"]
 
 
 @register_method
@@ -106,14 +68,20 @@ class TDA(Adapter):
 
     def configure(self) -> list:
         self.model.eval()
-        self.positive = ClassCache(self.hp["pos_shot_capacity"])
-        self.negative = ClassCache(self.hp["neg_shot_capacity"])
+        self.caches = TDACaches(self.hp)
         return []
 
     def reset(self) -> None:
         super().reset()
-        self.positive = ClassCache(self.hp["pos_shot_capacity"])
-        self.negative = ClassCache(self.hp["neg_shot_capacity"])
+        self.caches = TDACaches(self.hp)
+
+    @property
+    def positive(self) -> ClassCache:
+        return self.caches.positive
+
+    @property
+    def negative(self) -> ClassCache:
+        return self.caches.negative
 
     @property
     def needs_full(self) -> bool:
@@ -138,29 +106,18 @@ class TDA(Adapter):
             f = self.model.image_features(views)
             z = LOGIT_SCALE * f @ text.t()
             keep = confident_views(z.unsqueeze(0), self.hp["selection"])[0]
-            out.append((f[keep].mean(0), z[keep].mean(0), marginal_entropy(z[keep].unsqueeze(0))[0],
-                        z[keep].softmax(-1).mean(0)))
+            out.append(confident_statistics(f, z, keep))
         return tuple(torch.stack(x) for x in zip(*out))
 
     @torch.no_grad()
     def stream_step(self, batch: dict) -> torch.Tensor:
         """Offer each image to the caches in order, then its logits ``100 cos + A_pos - A_neg``."""
-        hp = self.hp
         k = self.model.num_classes
         feats, logits, entropy, probs = self.image_statistics(batch)
         out = []
         for f, z, h, p in zip(feats, logits, entropy.tolist(), probs):
-            label = int(z.argmax())
-            self.positive.offer(label, f, h)
-            if hp["neg_entropy_lower"] < h / math.log2(k) < hp["neg_entropy_upper"]:
-                self.negative.offer(label, f, h, p)
-            final = z.clone()
-            if len(self.positive):
-                final += cache_logits(f, *self.positive.keys_values(k), hp["pos_alpha"], hp["pos_beta"])
-            if len(self.negative):
-                keys, values = self.negative.keys_values(k, (hp["neg_mask_lower"], hp["neg_mask_upper"]))
-                final -= cache_logits(f, keys, values, hp["neg_alpha"], hp["neg_beta"])
-            out.append(final)
+            self.caches.offer(int(z.argmax()), f, h, p, k)
+            out.append(self.caches.logits(f, z, k))
         return torch.stack(out).float()
 
     def stream_stats(self) -> dict[str, float]:
