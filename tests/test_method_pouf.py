@@ -199,7 +199,7 @@ def test_a_short_run_on_the_embedded_benchmark(tmp_path):
                        pretrained="embedded", domains=["sketch"], overrides={"pouf": hp})
     rec = execute(build_sweep(req)[0], tmp_path)
     assert rec["status"] == "done", rec.get("traceback")
-    assert rec["regime"] == "transductive" and rec["execution"]["precision"] == "fp32"
+    assert rec["regime"] == "transductive" and rec["precision"] == "fp32"
     assert rec["spec"]["hparams"]["iters_per_epoch"] == 3 and len(rec["curve"]) == 3
     with np.load(tmp_path / "runs" / rec["hash"] / "preds.npz") as z:
         assert np.isfinite(z["test_score_msp_cos"]).all()

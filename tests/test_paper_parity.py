@@ -52,7 +52,8 @@ def test_paper_config_dry_run_lists_resolved_hparams(capsys):
     blocks = out.split("domainnet/sketch")[1:]
     params = {r.split()[2]: b.split("hparams: ")[1].split("\n")[0].split() for r, b in zip(runs, blocks)}
     assert "epochs=5" in params["ueo"] and "epochs=5" in params["infomax"]
-    assert all("precision=fp32" in p for p in params.values())  # official, made concrete for the CPU
+    for method, p in params.items():  # official, made concrete for the config's device (cuda)
+        assert f"precision={get_method(method).official_precision}" in p, method
     assert "ensemble=1" in params["pseudo_label"] and "ensemble=16" in params["pseudo_label_ensemble"]
     assert "nesterov=True" in params["tent"] and "batch_size=1024" in params["must"]
     assert "randaugment=rand-m9-mstd0.5-inc1" in params["must"] and "crop_scale=[0.08,1.0]" in params["pseudo_label"]
