@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.adapt.adapter import Adapter
-from benchmark.adapt.augment import Augment, image_generators
+from benchmark.adapt.augment import Augment
 from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
-from benchmark.adapt.views import confident_views, marginal_entropy
+from benchmark.adapt.views import confident_views, marginal_entropy, view_features
 
 
 class ClassCache:
@@ -130,12 +130,8 @@ class TDA(Adapter):
             return feats, logits, entropy, logits.softmax(-1)
         augment = Augment("augmix" if self.hp["augmix"] else "rrc", scale=(0.08, 1.0), interpolation="bilinear",
                           mean=self.model.mean.flatten().tolist())
-        n_aug = self.hp["views"] - 1
-        raw = batch["raw"]
         out = []
-        for row, g in enumerate(image_generators(self.seed, batch["index"])):
-            views = torch.cat([batch["images"][row : row + 1], augment(raw.select(slice(row, row + 1)).repeat(n_aug), g)])
-            f = self.model.image_features(views)
+        for f in view_features(self.model, batch, self.hp["views"], augment, self.view_seed):
             z = LOGIT_SCALE * f @ text.t()
             keep = confident_views(z.unsqueeze(0), self.hp["selection"])[0]
             out.append((f[keep].mean(0), z[keep].mean(0), marginal_entropy(z[keep].unsqueeze(0))[0],

@@ -136,10 +136,14 @@ class Adapter:
     profiler: NullProfiler = NULL_PROFILER
     """Phase timers of the loop; the runner sets a real ``Profiler`` under ``--profile``."""
 
-    def __init__(self, model: ClipClassifier, hparams: dict[str, Any] | None = None, seed: int = 0):
+    def __init__(self, model: ClipClassifier, hparams: dict[str, Any] | None = None, seed: int = 0,
+                 view_seed: int | None = None):
         self.model = model
         self.hp = self.resolve_hparams(hparams or {})
         self.seed = seed
+        self.view_seed = seed if view_seed is None else view_seed
+        """Seed of the test images' augmented views (``benchmark.adapt.views.view_features``): the
+        runner gives every method of a cell the same one, so they see the same views."""
         self.history: list[dict[str, float]] = []
         self.curve: list[dict[str, float]] = []
         """The loss over the whole budget in :data:`HISTORY_POINTS` windows of steps (``progress``

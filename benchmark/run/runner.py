@@ -36,6 +36,7 @@ from benchmark.adapt.profiling import Profiler
 from benchmark.core.records import PREDS, RESULT, is_complete, read_result, spec_hash, write_json, write_npz
 from benchmark.registry import get_method
 from benchmark.adapt.unlabeled import UnlabeledData
+from benchmark.adapt.views import ViewCache
 
 LOCK = ".lock"
 """``flock``-ed by the process computing a run; names its last holder (``host pid``)."""
@@ -81,6 +82,14 @@ class RunSpec:
         between methods see the same images in the same order.
         """
         key = json.dumps([self.seed, "data", self.dataset, self.domain, self.setting, self.protocol])
+        return int(hashlib.md5(key.encode()).hexdigest(), 16) % (2**31)
+
+    @property
+    def view_seed(self) -> int:
+        """Seed of the test images' augmented views (``view_features``): every method of a (user
+        seed, data set, domain) draws the same views of an image, whatever the setting, so
+        methods are compared on the same views and share their features (the view cache)."""
+        key = json.dumps([self.seed, "views", self.dataset, self.domain])
         return int(hashlib.md5(key.encode()).hexdigest(), 16) % (2**31)
 
     @property
@@ -205,7 +214,8 @@ def execute(
 
     A run another live process is computing right now is not started twice: it comes back with
     ``status: "busy"`` and ``skipped``. ``profile`` adds phase timings to the record;
-    ``feature_cache`` lets frozen-encoder work reuse image features across runs.
+    ``feature_cache`` lets frozen-encoder work reuse image features across runs, and frozen-encoder
+    episodic methods the features of the test images' augmented views (``benchmark.adapt.views``).
     """
     run_dir = Path(out) / "runs" / spec.hash
     rec = _reused(run_dir)
@@ -298,7 +308,8 @@ def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, dev
         model = ClipClassifier(loaded, split.classnames, TEMPLATE_SETS[hparams["prompts"]]).to(device)
         if feature_cache:
             model.feature_cache = FeatureCache.for_run(out, spec.model, resolve_pretrained(spec.model, spec.pretrained))
-        adapter = cls(model, hparams, seed=seed)
+            model.view_cache = ViewCache.for_run(out, context=f"{spec.dataset}/{spec.domain}")
+        adapter = cls(model, hparams, seed=seed, view_seed=spec.view_seed)
         if adapter.needs_full:
             split = load_run_split(spec, data_root, loaded.image_size, full=True)
         timings["load_data"] = time.perf_counter() - t
@@ -325,6 +336,10 @@ def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, dev
         cache = getattr(model, "feature_cache", None)
         if cache is not None:
             record["feature_cache"] = {"hits": cache.hits, "misses": cache.misses}
+        views = getattr(model, "view_cache", None)
+        if views is not None:
+            views.flush()
+            record["view_cache"] = views.stats()
 
         run_dir.mkdir(parents=True, exist_ok=True)
         write_npz(run_dir / PREDS, arrays)
