@@ -7,13 +7,15 @@ features is sought by a MeanShift whose points are weighted by inlierness scores
 
 - per-view bandwidth ``h_v = sqrt(0.5 mean_{j in kNN(v)} ||x_v - x_j||^2)`` over the
   ``int(0.3 (V - 1))`` nearest other views; Gaussian kernel ``exp(-||x - m||^2 / (2 h_v^2))``;
-- affinity ``A = softmax(100 cos) softmax(100 cos)^T`` between views;
+- affinity ``A = softmax(s cos) softmax(s cos)^T`` between views, ``s`` the checkpoint's
+  ``logit_scale.exp()`` (100 for OpenAI's CLIP, 76.4 for the embedded model);
 - ``y`` starts uniform and the mode at the original view; 5 outer iterations, each with up to 5
   inlierness updates ``y = softmax((density + lambda_q A y) / lambda_y)`` and up to 5 mode
   updates ``m = sum_v density_v y_v x_v / sum_v density_v y_v``, normalised, each inner loop
   stopping early when its update moves less than 1e-6 (L2); ``y`` carries over between outer
   iterations;
-- the prediction is ``100 cos(m, text)``.
+- the prediction is ``s cos(m, text)``; we return ``100 cos(m, text)`` (the same argmax), as
+  every method does.
 
 Decisions on the official code's traps (``docs/recipes.md``, ``mta`` section): ``lambda_q`` and
 ``lambda_y`` are floats (the official argparse has no ``type=``, so a value given on its command
@@ -31,7 +33,7 @@ import torch
 
 from benchmark.adapt.adapter import Adapter
 from benchmark.adapt.augment import Augment
-from benchmark.adapt.views import view_features
+from benchmark.adapt.views import checkpoint_logit_scale, view_features
 from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
 
@@ -42,7 +44,7 @@ THRESHOLD = 1e-6
 NEIGHBOURS = 0.3
 """Fraction of the other views whose squared distances set a view's bandwidth (``mta.py:27``)."""
 TEMPERATURE = 1.0
-"""Of the affinity's softmax over ``100 cos`` (``mta.py:20, 33``)."""
+"""Of the affinity's softmax over ``s cos`` (``mta.py:20, 33``)."""
 
 
 def gaussian_density(mode: torch.Tensor, bandwidth: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +55,7 @@ def gaussian_density(mode: torch.Tensor, bandwidth: torch.Tensor, x: torch.Tenso
 
 def mta_modes(feats: torch.Tensor, logits: torch.Tensor, lambda_y: float, lambda_q: float,
               max_iter: int = MAX_ITER, threshold: float = THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
-    """MTA's solver on (B, V, D) view features and their (B, V, K) logits ``100 cos``: ((B, D) modes, (B, V) scores)."""
+    """MTA's solver on (B, V, D) view features and their (B, V, K) logits ``s cos``: ((B, D) modes, (B, V) scores)."""
     b, v, _ = feats.shape
     k = int(NEIGHBOURS * (v - 1))
     if k < 1:
@@ -135,7 +137,7 @@ class MTA(Adapter):
         text = self.model.text_features()
         with torch.autocast(self.model.device.type, enabled=False):
             feats, text = feats.float(), text.float()
-            logits = LOGIT_SCALE * feats @ text.t()
+            logits = checkpoint_logit_scale(self.model) * feats @ text.t()
             mode, _ = mta_modes(feats, logits, self.hp["lambda_y"], self.hp["lambda_q"])
             return LOGIT_SCALE * mode @ text.t()
 

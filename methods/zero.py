@@ -3,7 +3,8 @@
 Recipe (FarinaMatteo/zero ``ttas/zero.py``, ``ttas/base.py``, ``data/augs.py``, ``utils/tools.py``;
 file and line of each value in ``docs/recipes.md``): for every test image, the original view and
 63 random resized crops + flips of the whole image (TPT's views without AugMix); the
-``int(64 x 0.3) = 19`` views with the lowest entropy of ``softmax(100 cos)`` are kept; each kept
+``int(64 x 0.3) = 19`` views with the lowest entropy of ``softmax(s cos)`` are kept (``s`` the
+checkpoint's ``logit_scale.exp()``: 100 for OpenAI's CLIP, 76.4 for the embedded model); each kept
 view votes for its top class, a vote being ``softmax(cos / eps)`` with ``eps`` the machine epsilon
 of the cosines' type ("zero temperature"); the class with the most votes is the prediction. A tie
 is broken by the remaining views in ascending entropy: the first whose top class is tied wins and
@@ -34,15 +35,15 @@ import torch
 
 from benchmark.adapt.adapter import Adapter
 from benchmark.adapt.augment import Augment
-from benchmark.adapt.views import confident_views, view_features
+from benchmark.adapt.views import checkpoint_logit_scale, confident_views, view_features
 from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
 
 
-def zero_votes(cos: torch.Tensor, gamma: float, vote: str = "eps") -> torch.Tensor:
+def zero_votes(cos: torch.Tensor, gamma: float, vote: str = "eps", scale: float = LOGIT_SCALE) -> torch.Tensor:
     """(B, K) vote histograms of (B, V, K) cosines: ZERO's ``p_bar`` after its tie-break.
 
-    Views are ranked by the entropy of ``softmax(100 cos)`` (ascending, stable); the first
+    Views are ranked by the entropy of ``softmax(scale cos)`` (ascending, stable); the first
     ``k = max(1, int(V gamma))`` vote. ``vote="eps"``: ``softmax(cos / finfo(cos.dtype).eps)``
     summed over the kept views (in float32 from the cosines' type); ``"argmax"``: one vote per
     kept view for its first top class. Classes whose votes equal the maximum exactly are tied; the
@@ -52,7 +53,7 @@ def zero_votes(cos: torch.Tensor, gamma: float, vote: str = "eps") -> torch.Tens
     """
     b, v, k_classes = cos.shape
     k = max(1, int(v * gamma))
-    order = confident_views(LOGIT_SCALE * cos.float(), 1.0)  # (B, V) all views, ascending entropy
+    order = confident_views(scale * cos.float(), 1.0)  # (B, V) all views, ascending entropy
     kept = cos.gather(1, order[:, :k, None].expand(-1, -1, k_classes))
     if vote == "eps":
         votes = (kept / torch.finfo(cos.dtype).eps).float().softmax(dim=-1).sum(dim=1)
@@ -125,7 +126,7 @@ class Zero(Adapter):
         """Each image's vote fractions on CLIP's scale, ``100 * p_bar / k``; the model is untouched."""
         feats = view_features(self.model, batch, self.hp["views"], self.view_augment(), self.view_seed)
         cos = feats @ self.model.text_features().t()  # fp16 under the official autocast, as in ttas/zero.py:75
-        votes = zero_votes(cos, self.hp["gamma"], self.hp["vote"])
+        votes = zero_votes(cos, self.hp["gamma"], self.hp["vote"], checkpoint_logit_scale(self.model))
         k = max(1, int(self.hp["views"] * self.hp["gamma"]))
         return (LOGIT_SCALE * votes / k).float()
 

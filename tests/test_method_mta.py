@@ -14,9 +14,10 @@ from conftest import make_classifier, make_data
 from methods.mta import mta_modes
 
 
-def official_mta(x: torch.Tensor, text: torch.Tensor, lambda_y: float = 0.2, lambda_q: float = 4) -> torch.Tensor:
+def official_mta(x: torch.Tensor, text: torch.Tensor, lambda_y: float = 0.2, lambda_q: float = 4,
+                 logit_scale: float = 100.0) -> torch.Tensor:
     """MaxZanella/MTA @ cafafdf ``mta.py:4-87`` re-typed for one image's (N, D) features: its logits."""
-    logits = x @ text.t() * 100
+    logits = x @ text.t() * logit_scale
     n = x.shape[0]
     dist = torch.cdist(x, x)
     sorted_dist, _ = torch.sort(dist, dim=1)
@@ -43,7 +44,7 @@ def official_mta(x: torch.Tensor, text: torch.Tensor, lambda_y: float = 0.2, lam
             mode = mode / mode.norm(p=2, dim=-1)
             if torch.norm(old_mode - mode) < 1e-6 or i >= 5:
                 break
-    return mode.unsqueeze(0) @ text.t() * 100
+    return mode.unsqueeze(0) @ text.t() * logit_scale
 
 
 def random_views(b: int, v: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -100,13 +101,15 @@ def test_mta_trains_nothing_and_predicts_the_mode_on_clip_scale():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     logits = torch.cat([o for _, o in out])
     assert logits.shape == (5, 5) and torch.isfinite(logits).all() and logits.abs().max() <= 100 + 1e-4
-    from benchmark.adapt.views import view_features
+    from benchmark.adapt.views import checkpoint_logit_scale, view_features
 
     batch = next(data.batches(5))
     feats = view_features(model, batch, 8, mta.view_augment(), 0)
     text = model.text_features()
-    expected = torch.cat([official_mta(feats[i], text) for i in range(5)])
-    assert torch.allclose(logits, expected, atol=1e-4)
+    scale = checkpoint_logit_scale(model)  # 1 / 0.07 for the random tiny model; 100 for OpenAI's CLIP
+    assert scale == pytest.approx(1 / 0.07, rel=1e-5)
+    expected = torch.cat([official_mta(feats[i], text, logit_scale=scale) for i in range(5)])
+    assert torch.allclose(logits / 100, expected / scale, atol=1e-6)
 
 
 def test_mta_needs_five_views():

@@ -11,12 +11,12 @@ from conftest import make_classifier, make_data
 from methods.zero import zero_votes
 
 
-def official_zero(l: torch.Tensor, gamma: float, official_fallback: bool = True) -> torch.Tensor:
+def official_zero(l: torch.Tensor, gamma: float, official_fallback: bool = True, logit_scale: float = 100.0) -> torch.Tensor:
     """FarinaMatteo/zero @ c609f7c, ``ttas/zero.py:75-98`` with ``ttas/base.py:56-62`` and
     ``utils/tools.py:205-218``, re-typed for one image's (V, K) cosines ``l`` (the ``eps`` of
     their type). ``official_fallback``: its tie-break fallback as written (``logit[~ties]``);
     else the fallback as meant (mask the untied classes), which is ours."""
-    p = (l.float() * 100).softmax(1)
+    p = (l.float() * logit_scale).softmax(1)  # l / temp, temp = 1 / logit_scale.exp()
     entropy = -(p * p.log()).sum(1)
     sorted_idx = torch.argsort(entropy, descending=False)
     l_filt = l[sorted_idx[: int(entropy.size(0) * gamma)]]
@@ -73,8 +73,9 @@ def test_official_arithmetic_with_fp16_fractional_votes_and_float32():
         for _ in range(20):
             base = torch.rand(1, 5, generator=g) * 0.3
             l = (base + 0.004 * torch.randn(10, 5, generator=g)).to(dtype)  # near ties: fp16 votes split
-            ours = zero_votes(l.unsqueeze(0), 0.3, "eps")[0]
-            assert torch.allclose(ours, official_zero(l, 0.3, official_fallback=False), atol=1e-6)
+            for scale in (100.0, 76.4):
+                ours = zero_votes(l.unsqueeze(0), 0.3, "eps", scale)[0]
+                assert torch.allclose(ours, official_zero(l, 0.3, False, scale), atol=1e-6)
     half = (torch.tensor([[0.3000, 0.2995, 0.1]] * 4)).half()  # 0.0005 apart: 1024 x 0.0005 = 0.5 logits
     votes = zero_votes(half.unsqueeze(0), 0.5, "eps")[0]
     assert 0.5 < votes[0] < 2 and votes[1] > 0.5  # fractional, not whole votes

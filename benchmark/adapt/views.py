@@ -97,6 +97,15 @@ def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(avg * avg.exp()).sum(dim=-1)
 
 
+def checkpoint_logit_scale(model: ClipClassifier) -> float:
+    """The weights' own ``logit_scale.exp()`` (100 for OpenAI's CLIP, about 76.4 for the embedded
+    model): what TPT-derived code (TPT, ZERO, MTA) scales cosines by before its view statistics
+    (e.g. MaxZanella/MTA ``mta.py:15``, FarinaMatteo/zero ``ttas/zero.py:76``). Predicted logits
+    stay ``100 * cos``."""
+    scale = getattr(model.clip, "logit_scale", None)
+    return 100.0 if scale is None else float(scale.detach().float().exp())
+
+
 # ---- the in-memory LRU --------------------------------------------------------------------------
 
 def _nbytes(t: torch.Tensor) -> int:
