@@ -73,19 +73,27 @@ def main() -> int:
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--skip-uncached", action="store_true", help="do not measure the family without the cache")
+    p.add_argument("--threads", type=int, default=None,
+                   help="OMP_NUM_THREADS of every measured process (default: inherited); 1 is steadier on a busy machine")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="more hyper-parameters for every measured process (e.g. ctpt.augmix=false)")
     p.add_argument("extra", nargs="*", help="more run_bench.py arguments (after --)")
     args = p.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     known = set(method_names())
     family = [m for m in args.methods if m in known]
     missing = [m for m in args.methods if m not in known]
     if args.baseline not in family:
         raise SystemExit(f"the baseline {args.baseline!r} must be one of the measured methods {family}")
     options = [f"{m}.views={args.views}" for m in family if "views" in get_method(m).hparam_defaults()]
+    options += [o for o in args.cfg_options if o.split(".")[0] in family]
     common = ["--seeds", *args.seeds, *args.extra]
     if options:
         common += ["--cfg-options", *options]
     print(f"family: {' '.join(family)}" + (f" (not registered here, left out: {' '.join(missing)})" if missing else ""))
-    print(f"views: {args.views}; seeds: {' '.join(args.seeds)}; repeats: {args.repeats}\n", flush=True)
+    print(f"views: {args.views}; seeds: {' '.join(args.seeds)}; repeats: {args.repeats}; "
+          f"OMP_NUM_THREADS: {os.environ.get('OMP_NUM_THREADS', 'unset')}\n", flush=True)
     rows: dict[str, list[tuple[float, float]]] = defaultdict(list)
     details: dict[str, tuple[dict, dict]] = {}
     for r in range(args.repeats):

@@ -117,6 +117,7 @@ class MTA(Adapter):
 
     def configure(self) -> list:
         self.model.eval()
+        self.seen, self.shift, self.top_score = 0, 0.0, 0.0
         if int(NEIGHBOURS * (self.hp["views"] - 1)) < 1 or self.hp["lambda_y"] <= 0:
             raise ValueError("mta needs views >= 5 (int(0.3 (views - 1)) >= 1 neighbours) and lambda_y > 0")
         return []
@@ -138,8 +139,17 @@ class MTA(Adapter):
         with torch.autocast(self.model.device.type, enabled=False):
             feats, text = feats.float(), text.float()
             logits = checkpoint_logit_scale(self.model) * feats @ text.t()
-            mode, _ = mta_modes(feats, logits, self.hp["lambda_y"], self.hp["lambda_q"])
+            mode, y = mta_modes(feats, logits, self.hp["lambda_y"], self.hp["lambda_q"])
+            self.seen += len(mode)
+            self.shift += float((1 - (mode * feats[:, 0]).sum(-1)).sum())
+            self.top_score += float(y.max(dim=-1).values.sum())
             return LOGIT_SCALE * mode @ text.t()
+
+    def stream_stats(self) -> dict[str, float]:
+        """Along the stream so far: the mean ``1 - cos`` between the mode and the test view's feature,
+        and the mean largest inlierness score (1/V: uniform; 1: one view)."""
+        n = max(self.seen, 1)
+        return {"mode_shift": self.shift / n, "max_inlierness": self.top_score / n}
 
     def describe(self) -> dict:
         out = super().describe()

@@ -108,6 +108,7 @@ class Zero(Adapter):
 
     def configure(self) -> list:
         self.model.eval()
+        self.seen, self.agreement, self.ties = 0, 0.0, 0
         if self.hp["views"] < 1 or not 0 < self.hp["gamma"] <= 1:
             raise ValueError("zero needs views >= 1 and 0 < gamma <= 1")
         return []
@@ -128,7 +129,18 @@ class Zero(Adapter):
         cos = feats @ self.model.text_features().t()  # fp16 under the official autocast, as in ttas/zero.py:75
         votes = zero_votes(cos, self.hp["gamma"], self.hp["vote"], checkpoint_logit_scale(self.model))
         k = max(1, int(self.hp["views"] * self.hp["gamma"]))
+        top = votes.max(dim=-1).values
+        tied = votes.sum(dim=-1) > k + 0.5  # the tie-break's extra vote makes the total k + 1
+        self.seen += len(votes)
+        self.ties += int(tied.sum())
+        self.agreement += float(torch.where(tied, top - 1, top).sum()) / k
         return (LOGIT_SCALE * votes / k).float()
+
+    def stream_stats(self) -> dict[str, float]:
+        """Along the stream so far: the mean fraction of kept views that voted for the winner
+        (before the tie-break vote), and the fraction of images whose vote was tied."""
+        n = max(self.seen, 1)
+        return {"vote_agreement": self.agreement / n, "tied": self.ties / n}
 
     def describe(self) -> dict:
         out = super().describe()

@@ -115,3 +115,12 @@ def test_mta_trains_nothing_and_predicts_the_mode_on_clip_scale():
 def test_mta_needs_five_views():
     with pytest.raises(ValueError):
         get_method("mta")(make_classifier("vit"), {"views": 4})
+
+
+def test_mta_records_its_mode_shift_along_the_stream():
+    model = make_classifier("vit")
+    mta = get_method("mta")(model, {"views": 8, "batch_size": 4}, seed=0)
+    list(mta.stream(full_data(model, 8)))
+    stats = mta.stream_stats()
+    assert 0 <= stats["mode_shift"] <= 2 and 1 / 8 <= stats["max_inlierness"] <= 1
+    assert mta.history and "mode_shift" in mta.history[-1]

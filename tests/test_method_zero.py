@@ -124,3 +124,12 @@ def test_zero_trains_nothing_and_predicts_vote_fractions_on_clip_scale():
 def test_zero_rejects_bad_settings():
     with pytest.raises(ValueError):
         get_method("zero")(make_classifier("vit"), {"gamma": 0.0})
+
+
+def test_zero_records_vote_agreement_along_the_stream():
+    model = make_classifier("vit")
+    zero = get_method("zero")(model, {"views": 8, "batch_size": 4}, seed=0)
+    list(zero.stream(full_data(model, 8)))
+    stats = zero.stream_stats()
+    assert 0 < stats["vote_agreement"] <= 1 and 0 <= stats["tied"] <= 1
+    assert zero.history and "vote_agreement" in zero.history[-1]
