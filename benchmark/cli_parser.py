@@ -123,7 +123,8 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="record time per phase (data, forward, backward, evaluate) and images/s in each record")
     p.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
-                   help="do not reuse frozen image features across runs (cache: <out>/features or $CLIPBENCH_FEATURES)")
+                   help="do not reuse frozen image features, nor the features of augmented test views, across runs "
+                        "(cache: <out>/features or $CLIPBENCH_FEATURES)")
     _add_slurm_options(p)
     p.add_argument("--plugins", nargs="+", default=[], metavar="FILE.py",
                    help="extra Python files (or modules) that register methods")

@@ -24,11 +24,11 @@ from __future__ import annotations
 import torch
 
 from benchmark.adapt.adapter import Adapter
-from benchmark.adapt.augment import Augment, image_generators
+from benchmark.adapt.augment import Augment
 from benchmark.adapt.caches import ClassCache, TDACaches, cache_logits, confident_statistics
+from benchmark.adapt.views import confident_views, view_features
 from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
-from benchmark.adapt.views import confident_views
 
 __all__ = ["TDA", "ClassCache", "cache_logits"]
 
@@ -98,12 +98,8 @@ class TDA(Adapter):
             return feats, logits, entropy, logits.softmax(-1)
         augment = Augment("augmix" if self.hp["augmix"] else "rrc", scale=(0.08, 1.0), interpolation="bilinear",
                           mean=self.model.mean.flatten().tolist())
-        n_aug = self.hp["views"] - 1
-        raw = batch["raw"]
         out = []
-        for row, g in enumerate(image_generators(self.seed, batch["index"])):
-            views = torch.cat([batch["images"][row : row + 1], augment(raw.select(slice(row, row + 1)).repeat(n_aug), g)])
-            f = self.model.image_features(views)
+        for f in view_features(self.model, batch, self.hp["views"], augment, self.view_seed):
             z = LOGIT_SCALE * f @ text.t()
             keep = confident_views(z.unsqueeze(0), self.hp["selection"])[0]
             out.append(confident_statistics(f, z, keep))

@@ -11,7 +11,8 @@ original view predicted with the tuned context, then context and optimiser reset
 Episodes are independent, so ``batch_size`` test images are tuned at once: each image gets its
 own copy of the context in one (B, n_ctx, D) tensor, one text-encoder pass covers all B x K
 prompts, and AdamW (element-wise) on that tensor is B independent optimisers. The result equals
-tuning the images one after the other; the image encoder is frozen, so each view is encoded once.
+tuning the images one after the other; the image encoder is frozen, so each view is encoded once,
+and its features are shared with the other frozen-encoder methods of the sweep (``view_features``).
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ class TPT(Adapter):
 
     def view_features(self, batch: dict) -> torch.Tensor:
         """(B, V, D) features of every image's original view and ``views - 1`` augmented views."""
-        return view_features(self.model, batch, self.hp["views"], self.view_augment(), self.seed)
+        return view_features(self.model, batch, self.hp["views"], self.view_augment(), self.view_seed)
 
     def tune(self, feats: torch.Tensor) -> torch.Tensor:
         """Tune one context per image on its (B, V, D) view features; returns the tuned (B, n_ctx, D) contexts."""

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.adapt.unlabeled import UnlabeledData
 from benchmark.registry import get_method
 from methods.pouf import ForeverBatches, pouf_im_loss, transport_loss
 from tests.conftest import CLASSNAMES, make_classifier, make_data

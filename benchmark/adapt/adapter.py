@@ -107,12 +107,16 @@ class Adapter:
     """Phase timers of the loop; the runner sets a real ``Profiler`` under ``--profile``."""
 
     def __init__(self, model: ClipClassifier, hparams: dict[str, Any] | None = None, seed: int = 0, *,
-                 resolved: bool = False):
+                 view_seed: int | None = None, resolved: bool = False):
         """``hparams``: overrides of the defaults (resolved here), or with ``resolved`` the complete
-        dict the sweep resolved (the runner's path: nothing is resolved twice)."""
+        dict the sweep resolved (the runner's path: nothing is resolved twice). ``view_seed``: the
+        seed of the test images' augmented views, shared by every method of a cell (default ``seed``)."""
         self.model = model
         self.hp = self.check_resolved(hparams or {}) if resolved else self.resolve_hparams(hparams or {})
         self.seed = seed
+        self.view_seed = seed if view_seed is None else view_seed
+        """Seed of the test images' augmented views (``benchmark.adapt.views.view_features``): the
+        runner gives every method of a cell the same one, so they see the same views."""
         self.history: list[dict[str, float]] = []
         self.curve: list[dict[str, float]] = []
         """The loss over the whole budget in :data:`HISTORY_POINTS` windows of steps (``progress``

@@ -94,6 +94,13 @@ class RunSpec:
         return seed_hash(self.seed, "data", self.dataset, self.domain, self.setting, self.protocol)
 
     @property
+    def view_seed(self) -> int:
+        """Seed of the test images' augmented views (``benchmark.adapt.views.view_features``): every
+        method of a (user seed, data set, domain) draws the same views of an image, whatever the
+        setting, so methods are compared on the same views and share their features."""
+        return seed_hash(self.seed, "views", self.dataset, self.domain)
+
+    @property
     def render_seed(self) -> int:
         """Seed of a generated data set's images when its spec resamples them per run seed.
 

@@ -31,6 +31,7 @@ import torch
 from benchmark.adapt.profiling import Profiler
 from benchmark.adapt.scores import describe_score
 from benchmark.adapt.unlabeled import UnlabeledData
+from benchmark.adapt.views import ViewCache
 from benchmark.core.hparams import method_label
 from benchmark.core.metrics import LABEL_FREE, infomax_criterion
 from benchmark.core.paths import REPO_ROOT
@@ -206,6 +207,8 @@ def execute(
     (``KeyboardInterrupt``, e.g. from a stop signal) leaves no record, no predictions and no
     temporary file behind. A failed record with ``stop_sweep`` set means every later run would
     fail the same way (no space left, see :func:`stops_sweep`): launchers stop the sweep.
+    Frozen-encoder methods also reuse the features of the test images' augmented views
+    (``benchmark.adapt.views``).
     """
     run_dir = Path(out) / "runs" / spec.hash
     rec, _ = _current(spec, run_dir, data_root)
@@ -370,7 +373,8 @@ def _compute_logged(spec: RunSpec, run_dir: Path, out: Path, data_root: str | No
         model = ClipClassifier(loaded, split.classnames, TEMPLATE_SETS[hparams["prompts"]]).to(device)
         if feature_cache:
             model.feature_cache = FeatureCache.for_run(out, spec.model, resolve_pretrained(spec.model, spec.pretrained))
-        adapter = cls(model, hparams, seed=seed, resolved=True)
+            model.view_cache = ViewCache.for_run(out, context=f"{spec.dataset}/{spec.domain}")
+        adapter = cls(model, hparams, seed=seed, view_seed=spec.view_seed, resolved=True)
         if adapter.needs_full:
             split = load_run_split(spec, data_root, loaded.image_size, full=True)
         timings["load_data"] = time.perf_counter() - t
@@ -397,6 +401,10 @@ def _compute_logged(spec: RunSpec, run_dir: Path, out: Path, data_root: str | No
         cache = getattr(model, "feature_cache", None)
         if cache is not None:
             record["feature_cache"] = {"hits": cache.hits, "misses": cache.misses}
+        views = getattr(model, "view_cache", None)
+        if views is not None:
+            views.flush()
+            record["view_cache"] = views.stats()
 
         run_dir.mkdir(parents=True, exist_ok=True)
         digest = _verified_npz(run_dir / PREDS, arrays)
