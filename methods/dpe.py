@@ -242,6 +242,10 @@ class DPE(Adapter):
         return Augment("augmix" if hp["augmix"] else "rrc", scale=tuple(hp["crop_scale"]),
                        interpolation=hp["interpolation"], mean=self.model.mean.flatten().tolist())
 
+    def views(self) -> dict[str, Augment]:
+        """The views each image adapts on, as recorded: the augmented ones (none with ``views=1``)."""
+        return {"images": self.view_augment() if self.hp["views"] > 1 else Augment("none")}
+
     def stream_views(self) -> dict[str, Augment]:
         return {"images": Augment("none")}
 

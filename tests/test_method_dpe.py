@@ -233,7 +233,9 @@ def test_defaults_are_the_imagenet_setting():
     dpe = get_method("dpe")(make_classifier("vit"), {}, seed=0)
     augment = dpe.view_augment()
     assert (augment.kind, augment.scale, augment.interpolation) == ("augmix", (0.08, 1.0), "bilinear")
-    assert dpe.needs_full and not get_method("dpe")(make_classifier("vit"), {"views": 1}, seed=0).needs_full
+    assert dpe.describe()["views"]["images"] == augment.describe()
+    one = get_method("dpe")(make_classifier("vit"), {"views": 1}, seed=0)
+    assert dpe.needs_full and not one.needs_full and one.describe()["views"]["images"]["kind"] == "none"
 
 
 def test_global_text_update_first_weighs_half_and_is_never_renormalised():
@@ -311,3 +313,17 @@ def test_runs_on_the_embedded_model():
     assert torch.isfinite(logits).all() and logits.shape == zero.shape
     assert dpe.updates > 0 and len(dpe.queues) > 0
     assert (logits.argmax(1) != zero.argmax(1)).any()
+
+
+def test_fp16_residual_step_as_under_the_official_precision():
+    """On a GPU ``precision=official`` steps the residuals in fp16 (as DPE's ``.half()`` residuals);
+    forced here on the CPU. Where ``(1 - b2) g^2`` underflows the fp16 step is ``-lr g / eps``,
+    larger than fp32's ``-lr g / (|g| + eps)``: logits move by up to about half a point here."""
+    model = make_classifier("vit")
+    data = make_data(model, 6)
+    fp32 = get_method("dpe")(model, {"views": 1}, seed=0)
+    fp16 = get_method("dpe")(make_classifier("vit"), {"views": 1}, seed=0)
+    fp16.residual_dtype = torch.float16
+    a, b = stream(fp32, data), stream(fp16, data)
+    assert torch.isfinite(b).all() and not torch.equal(a, b)
+    assert torch.allclose(a, b, atol=1.0) and torch.equal(a.argmax(1), b.argmax(1))
