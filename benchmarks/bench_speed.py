@@ -52,7 +52,7 @@ def main() -> int:
             walls.append(wall)
             for rec in records:
                 t = rec["timings"]["total"]
-                images = rec["data"]["n_test"] + (rec["data"]["n_adapt"] * rec["hparams"].get("epochs", 1)
+                images = rec["data"]["n_test"] + (rec["data"]["n_adapt"] * rec["spec"]["hparams"].get("epochs", 1)
                                                   if rec.get("regime") == "transductive" else 0)
                 per_method[rec["spec"]["method"]].append((t, images / t))
             print(f"{name} run {i + 1}: {wall:.1f} s wall, {len(records)} runs", flush=True)

@@ -109,7 +109,7 @@ def embedded_metrics(device: str, seeds: list[int], out: Path, precisions: list[
             key = f"{rec['spec']['method']}/{rec['spec']['domain']}/{rec['spec']['seed']}"
             m = rec["metrics"]["test"]
             table[key] = {"acc_pc": m["acc_pc"], **{k: m["scores"]["msp_cos"][k] for k in ("auroc", "hm_accpc_auroc")},
-                          "effective": rec["execution"]["precision"]}
+                          "effective": rec["precision"]}
         results[precision] = table
     base = results.get("fp32", {})
     diffs: dict = {}

@@ -125,7 +125,7 @@ class BoostAdapter(Adapter):
     def stream_step(self, batch: dict) -> torch.Tensor:
         """Per image in order: offer it to the caches, build its boosted copy, return ``z + A_pos - A_neg``."""
         k = self.model.num_classes
-        feats = view_features(self.model, batch, self.hp["views"], self.view_augment(), self.seed)
+        feats = view_features(self.model, batch, self.hp["views"], self.view_augment(), self.view_seed)
         logits = LOGIT_SCALE * feats @ self.model.text_features().t()
         keep = confident_views(logits, self.hp["selection"])
         out = []

@@ -170,7 +170,7 @@ class DMN(Adapter):
         """Per image in order: write its original view under its pseudo-label, read the memory, mix."""
         hp = self.hp
         text = self.model.text_features().float()
-        feats = view_features(self.model, batch, hp["views"], self.view_augment(), self.seed)
+        feats = view_features(self.model, batch, hp["views"], self.view_augment(), self.view_seed)
         logits = LOGIT_SCALE * feats @ text.t()
         if self.memory is None:
             self.memory = DynamicMemory(text.shape[0], hp["memory_size"], text.shape[1], text.device)

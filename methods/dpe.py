@@ -255,7 +255,7 @@ class DPE(Adapter):
 
     def view_features(self, batch: dict) -> torch.Tensor:
         """(B, V, D) features of every image's original view and ``views - 1`` augmented views."""
-        return view_features(self.model, batch, self.hp["views"], self.view_augment(), self.seed)
+        return view_features(self.model, batch, self.hp["views"], self.view_augment(), self.view_seed)
 
     # ---- one image -----------------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ class Tent(Adapter):
 
     Regimes: ``transductive`` (the UEO protocol: one shuffled, un-augmented pass over the adapt
     set, then the test set is predicted; the predictions made along the pass are recorded as
-    ``adapt_online``) and ``online`` (one pass over the test stream; its predictions are the
+    the ``online`` result part) and ``online`` (one pass over the test stream; its predictions are the
     result). A batch's prediction comes from the forward pass its update is computed from, i.e.
     before the update (tent.py:55-61).
 

@@ -50,7 +50,7 @@ def test_every_method_adapts_and_predicts(method: str, regime: str, out: Path, z
     rec = execute(_spec(method, regime=regime), out)
     assert rec["status"] == "done", rec.get("traceback")
     assert rec["regime"] == regime and rec["spec"]["hparams"]["regime"] == regime
-    assert rec["execution"]["precision"] == "fp32" and rec["headline_score"] == "msp_cos"
+    assert rec["precision"] == "fp32" and rec["headline_score"] == "msp_cos"
     with np.load(Path(out) / "runs" / rec["hash"] / "preds.npz") as z:
         n, k = rec["data"]["n_test"], rec["data"]["num_known"]
         assert z["test_pred"].shape == (n,) and z["test_pred"].min() >= 0 and z["test_pred"].max() < k

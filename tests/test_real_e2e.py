@@ -53,6 +53,6 @@ def test_vit_b16_zero_shot_and_ueo_on_office_home_tree(office_home: Path, tmp_pa
         assert data["n_adapt"] == 3 * PER_CLASS and data["n_adapt_unknown"] == PER_CLASS
         assert data["cache"] == str(office_home / CACHE_FOLDER)
         assert 0.0 <= record["metrics"]["test"]["scores"]["msp_cos"]["auroc"] <= 100.0
-    assert records["ueo"]["hparams"]["epochs"] == 1 and records["ueo"]["num_trainable"] > 0
+    assert records["ueo"]["spec"]["hparams"]["epochs"] == 1 and records["ueo"]["num_trainable"] > 0
     assert records["zero_shot"]["num_trainable"] == 0
     assert "office_home" in (out / "leaderboard.md").read_text()

@@ -9,7 +9,7 @@ from benchmark.adapt.augment import Augment
 from benchmark.adapt.unlabeled import UnlabeledData
 from benchmark.adapt.views import ByteLRU, ViewCache, encoder_fingerprint, view_features
 from benchmark.registry import get_method
-from benchmark.run.runner import RunSpec
+from benchmark.core.spec import RunSpec
 from conftest import make_classifier, make_data
 
 RRC = Augment("rrc", scale=(0.08, 1.0), interpolation="bilinear")
