@@ -25,10 +25,15 @@ import torch
 
 from benchmark.adapt.adapter import Adapter
 from benchmark.adapt.augment import Augment, image_generators
-from benchmark.adapt.caches import ClassCache, TDACaches, cache_logits, confident_statistics
+from benchmark.adapt.caches import (
+    ClassCache,
+    TDACaches,
+    cache_logits,
+    confident_statistics,
+)
+from benchmark.adapt.views import confident_views
 from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
-from benchmark.adapt.views import confident_views
 
 __all__ = ["TDA", "ClassCache", "cache_logits"]
 
