@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CLASSNAMES, make_classifier, make_data
 
 import methods.boostadapter as boost
 from benchmark.adapt.caches import ClassCache, TDACaches
 from benchmark.adapt.unlabeled import UnlabeledData
 from benchmark.model.clip import ClipClassifier, load_clip
 from benchmark.registry import get_method
-from conftest import CLASSNAMES, make_classifier, make_data
 
 K = len(CLASSNAMES)
 

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSNAMES, make_classifier, make_data
 
-import methods.dmn as dmn
 from benchmark.adapt.unlabeled import UnlabeledData
 from benchmark.model.clip import ClipClassifier, load_clip
 from benchmark.registry import get_method
-from conftest import CLASSNAMES, make_classifier, make_data
+from methods import dmn
 
 K = len(CLASSNAMES)
 

@@ -52,7 +52,7 @@ class ClassCache:
             items[-1] = (feature, entropy, extra)
         items.sort(key=lambda item: item[1])
 
-    def copy(self, capacity: int | None = None) -> "ClassCache":
+    def copy(self, capacity: int | None = None) -> ClassCache:
         """A copy whose later offers leave this cache alone (the entries' tensors are shared, never
         modified), holding at most ``capacity`` (default: the same) per class from now on."""
         other = ClassCache(self.capacity if capacity is None else capacity, self.fifo)
