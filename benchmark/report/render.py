@@ -102,7 +102,7 @@ def _ranks_markdown(g: Group, metrics: tuple[str, ...], alpha: float) -> list[st
             lines.append(f"- {m}: n/a (fewer than two methods share a finished block)")
             continue
         f = r.result
-        friedman = (f"Friedman chi2 = {fmt_num(f.statistic)}, p = {fmt_p(f.pvalue)}" if len(r.methods) >= 3
+        friedman = (f"Friedman chi2 = {fmt_p(f.statistic)}, p = {fmt_p(f.pvalue)}" if len(r.methods) >= 3
                     else "Friedman n/a (needs 3 or more methods)")
         lines.append(f"- {m}: N = {f.n_blocks} blocks, k = {len(r.methods)} methods; {friedman}; "
                      f"Nemenyi CD (alpha = {alpha:g}) = {fmt_num(f.cd)}")
@@ -160,6 +160,8 @@ def leaderboard_markdown(groups: list[Group], df: pd.DataFrame, metrics: tuple[s
              "domain.",
              f"- {MARK_BETTER} / {MARK_WORSE}: significantly better / worse than the baseline `{baseline}` (paired "
              f"Wilcoxon signed-rank test over (domain, seed) pairs, Holm-corrected across methods, p < {alpha:g}).",
+             "- p-values and test statistics: two significant digits (scientific notation below 1e-4, e.g. "
+             "1.2e-05); mean differences, average ranks and the critical difference: two decimals.",
              ""]
     for g in groups:
         lines += [f"## {g.title}", "",

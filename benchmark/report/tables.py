@@ -61,11 +61,26 @@ def fmt_ci(ci: tuple[float, float] | None) -> str:
     return f"[{ci[0]:.1f}, {ci[1]:.1f}]"
 
 
-def fmt_p(p: float) -> str:
-    """A p-value with three significant digits (``<1e-4`` below that), ``n/a`` when undefined."""
-    if p is None or not math.isfinite(p):
+def fmt_sig(x: float, digits: int = 2) -> str:
+    """``x`` to ``digits`` significant digits, ``n/a`` when undefined.
+
+    Positional notation from 1e-4 up (``0.0055``, ``0.00017``, ``0.010``, ``0.50``, ``1.0``, ``8.4``,
+    ``20``, ``150``), scientific below (``1.2e-05``); trailing zeros kept, so every printed value
+    shows its ``digits`` digits. Python's correctly rounded formatting: a value that is not within
+    a few units in the last place of a rounding boundary prints the same on every machine.
+    """
+    if x is None or not math.isfinite(x):
         return "n/a"
-    return "<1e-4" if p < 1e-4 else f"{p:.3g}"
+    if x == 0:
+        return "0"
+    if abs(x) >= 10**digits:
+        return f"{round(x, digits - 1 - math.floor(math.log10(abs(x)))):.0f}"
+    return f"{x:#.{digits}g}".rstrip(".")
+
+
+def fmt_p(p: float) -> str:
+    """A p-value (or a test statistic) with two significant digits (:func:`fmt_sig`), ``n/a`` when undefined."""
+    return fmt_sig(p, 2)
 
 
 def fmt_num(x: float, digits: int = 2) -> str:
