@@ -17,10 +17,11 @@ import pytest
 from matplotlib.text import Text
 from scipy import stats as sps
 
-from benchmark.report import plots
+from benchmark.report import plots, stats
 from benchmark.report.aggregate import AVG, analyse, difference_frame, difference_grid
 from benchmark.report.build import write_report
 from benchmark.report.frame import records_frame
+from benchmark.report.tables import fmt_num, fmt_p
 
 DOMAINS = ["clipart", "painting", "real_world", "sketch_and_quickdraw"]
 SEEDS = [1, 2, 3]
@@ -275,3 +276,26 @@ def test_tables_do_not_move_when_every_metric_moves_by_1e_9(tmp_path: Path, eps:
     assert files
     for rel in files:
         assert (tmp_path / rel).read_text() == (expected / rel).read_text(), f"{rel} moved"
+
+
+def test_p_values_and_statistics_print_two_significant_digits():
+    cases = {0.0055: "0.0055", 0.00017: "0.00017", 1.234e-05: "1.2e-05", 0.000394: "0.00039", 0.5: "0.50",
+             1.0: "1.0", 0.0105: "0.011", 8.37: "8.4", 19.77: "20", 150.3: "150", math.nan: "n/a"}
+    assert {p: fmt_p(p) for p in cases if not math.isnan(p)} == {p: t for p, t in cases.items() if not math.isnan(p)}
+    assert fmt_p(math.nan) == "n/a"
+    assert [fmt_num(x) for x in (-1e-15, 1e-15, -4.031)] == ["0.00", "0.00", "-4.03"]  # no noise-signed zero
+    assert fmt_num(0.56, 2, sign=True) == "+0.56"
+
+
+def test_last_bit_noise_neither_breaks_ties_nor_signs_zeros():
+    """Differences equal but for float noise (``acc`` and ``acc_pc`` of balanced classes are the same numbers
+    computed in another order) tie, and a noise-sized difference is zero: the tests do not move."""
+    exact = np.array([10 / 9, 10 / 9, -10 / 9, 2.0, 0.5, 0.0, 3.0])
+    noisy = np.array([1.1111111111111143, 1.1111111111111001, -1.111111111111107, 2.0, 0.5, 1e-14, 3.0])
+    assert stats.wilcoxon_signed_rank(noisy) == stats.wilcoxon_signed_rank(exact)
+    base = np.full(7, 70.0)
+    r_exact, r_noisy = stats.paired_tests(base + exact, base), stats.paired_tests(base + noisy, base)
+    assert r_noisy.p_wilcoxon == r_exact.p_wilcoxon and r_noisy.p_ttest == pytest.approx(r_exact.p_ttest, rel=1e-9)
+    same = stats.paired_tests(base + np.array([0, 1e-14, -1e-14, 0, 0, 0, 0]), base)
+    assert math.isnan(same.p_wilcoxon) and math.isnan(same.p_ttest)  # equal to the baseline but for noise
+    assert list(stats.rank_rows(np.array([[70.0, 70.0 + 1e-13, 69.0]]))[0]) == [1.5, 1.5, 3.0]

@@ -34,7 +34,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from benchmark.core.records import atomic_write  # noqa: E402
 from benchmark.report.frame import higher_is_better  # noqa: E402
-from benchmark.report.tables import Cell, fmt_p  # noqa: E402
+from benchmark.report.tables import Cell, fmt_num, fmt_p  # noqa: E402
 
 DPI = 110
 _PNG_META = {"Software": None}
@@ -210,10 +210,10 @@ def _difference_text(r: Any) -> str:
     if r.n == 0:
         return "no common (domain, seed) pair"
     if math.isfinite(r.ci_lo) and math.isfinite(r.ci_hi):
-        ci = f"[{r.ci_lo:+.2f}, {r.ci_hi:+.2f}]"
+        ci = f"[{fmt_num(r.ci_lo, 2, sign=True)}, {fmt_num(r.ci_hi, 2, sign=True)}]"
     else:
         ci = "(no interval: 1 pair)"
-    return f"{r.mean:+.2f} {ci}   p = {fmt_p(r.p_holm)}{r.mark}"
+    return f"{fmt_num(r.mean, 2, sign=True)} {ci}   p = {fmt_p(r.p_holm)}{r.mark}"
 
 
 def header_text() -> str:
@@ -294,8 +294,7 @@ def heatmap_figure(grids: dict[str, pd.DataFrame], baseline: str, title: str) ->
     first = next(iter(grids.values()))
     methods, columns = list(first.index), list(first.columns)
     labels = [wrap_label(m) for m in methods]
-    cell_texts = {m: [[("n/a" if not math.isfinite(v) else f"{v:+.1f}") for v in row] for row in g.to_numpy()]
-                  for m, g in grids.items()}
+    cell_texts = {m: [[fmt_num(v, 1, sign=True) for v in row] for row in g.to_numpy()] for m, g in grids.items()}
     widest = max((text_width(t, SMALL) for rows in cell_texts.values() for row in rows for t in row), default=0.3)
     cell_w = max(0.5, widest + 0.14, *(text_width(piece, SMALL) + 0.1 for c in columns
                                        for piece in re.findall(r"[^_\s]+_?", c)))

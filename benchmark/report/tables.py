@@ -83,9 +83,13 @@ def fmt_p(p: float) -> str:
     return fmt_sig(p, 2)
 
 
-def fmt_num(x: float, digits: int = 2) -> str:
-    """A number with fixed decimals, ``n/a`` when undefined."""
-    return f"{x:.{digits}f}" if x is not None and math.isfinite(x) else "n/a"
+def fmt_num(x: float, digits: int = 2, sign: bool = False) -> str:
+    """A number with fixed decimals (``sign``: with its sign, ``+0.56``), ``n/a`` when undefined. A value
+    that rounds to zero prints unsigned (``0.00``), so last-bit noise around zero cannot flip its sign."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    text = f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+    return text.lstrip("+-") if float(text) == 0 else text
 
 
 def mark_best(grid: dict[str, dict[str, Cell]], columns: list[str], higher_is_better: bool) -> None:
