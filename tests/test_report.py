@@ -123,7 +123,9 @@ def test_average_column_averages_domains_within_each_seed_first(golden_out: Path
 def test_plots_are_valid_images(golden_out: Path):
     plots = golden_out / "plots"
     for slug in (ODA, OPDA):
-        for stem in (f"bars_{slug}", f"cd_{slug}_hm_accpc_auroc", f"tradeoff_{slug}", f"curves_{slug}"):
+        stems = [f"diff_{slug}_{m}" for m in ("acc_pc", "auroc", "hm_accpc_auroc")]
+        for stem in (*stems, f"heatmap_{slug}", f"bars_{slug}", f"cd_{slug}_hm_accpc_auroc", f"tradeoff_{slug}",
+                     f"curves_{slug}"):
             with Image.open(plots / f"{stem}.png") as im:
                 im.verify()
                 assert im.format == "PNG" and im.size[0] > 100
@@ -131,6 +133,8 @@ def test_plots_are_valid_images(golden_out: Path):
             assert pdf.startswith(b"%PDF") and b"CreationDate" not in pdf
     report = (golden_out / "report.md").read_text()
     assert f"![cd](plots/cd_{ODA}_hm_accpc_auroc.png)" in report and f"tables/{ODA}.tex" in report
+    assert report.index(f"plots/diff_{ODA}_acc_pc.png") < report.index(f"plots/bars_{ODA}.png")  # the headline first
+    assert report.count("How to read:") == len(list(plots.glob("*.png")))  # one sentence per figure
 
 
 def test_published_numbers_shown_next_to_measured_with_gap(tmp_path: Path):

@@ -148,6 +148,15 @@ def _pairs(frame: pd.DataFrame, method: str, metric: str) -> pd.Series:
     return mg.groupby(["domain", "seed"])[metric].mean()
 
 
+def paired_differences(g: Group, method: str, metric: str) -> pd.Series:
+    """``method`` minus the baseline over the (domain, seed) pairs both finished, indexed by (domain, seed),
+    sorted: the differences every paired test, interval and difference figure of the group reads."""
+    base = _pairs(g.frame, g.baseline, metric)
+    vals = _pairs(g.frame, method, metric)
+    common = vals.index.intersection(base.index).sort_values()
+    return pd.Series(vals[common].to_numpy() - base[common].to_numpy(), index=common, dtype=np.float64)
+
+
 def _tests(g: Group, metric: str, alpha: float) -> list[TestRow]:
     """Each method against the baseline over the (domain, seed) pairs both finished; Holm across methods."""
     if g.baseline is None:
@@ -169,6 +178,62 @@ def _tests(g: Group, metric: str, alpha: float) -> list[TestRow]:
             mark = MARK_BETTER if (r.mean_diff > 0) == higher_is_better(metric) else MARK_WORSE
         rows.append(TestRow(method, r, pw, pt, mark))
     return rows
+
+
+DIFFERENCE_LEVEL = 0.95
+"""Level of the paired t interval of the difference figure."""
+DIFFERENCE_COLUMNS = ["method", "regime", "n", "mean", "ci_lo", "ci_hi", "p_wilcoxon", "p_holm", "mark"]
+
+
+def method_regime(g: Group, method: str) -> str:
+    """The regime of a row (its records' first; ``?`` when none is recorded)."""
+    regimes = g.frame[g.frame.method == method].regime.dropna()
+    return str(regimes.iloc[0]) if len(regimes) else "?"
+
+
+def difference_frame(g: Group, metric: str) -> pd.DataFrame:
+    """The data of the difference figure: per method, its mean difference to the baseline over the
+    (domain, seed) pairs both finished (``n``), the 95% paired t interval of that mean
+    (:func:`stats.paired_t_interval`), the paired Wilcoxon p-value, its Holm-adjusted value and the
+    table's mark (the same :class:`TestRow` as the tables' daggers). Sorted best first (largest
+    improvement, whichever the metric's direction), ties by name; methods without a pair last.
+    Empty without a baseline."""
+    rows = []
+    tests = {t.method: t for t in g.tests.get(metric) or _tests(g, metric, DEFAULT_ALPHA)}
+    for method in g.methods:
+        if g.baseline is None or method == g.baseline:
+            continue
+        d = paired_differences(g, method, metric)
+        lo, hi = stats.paired_t_interval(d.to_numpy(), DIFFERENCE_LEVEL)
+        t = tests.get(method)
+        rows.append({"method": method, "regime": method_regime(g, method), "n": len(d),
+                     "mean": float(d.mean()) if len(d) else math.nan, "ci_lo": lo, "ci_hi": hi,
+                     "p_wilcoxon": t.result.p_wilcoxon if t else math.nan,
+                     "p_holm": t.holm_wilcoxon if t else math.nan, "mark": t.mark if t else ""})
+    frame = pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)
+    if frame.empty:
+        return frame
+    gain = frame["mean"] if higher_is_better(metric) else -frame["mean"]
+    order = sorted(range(len(frame)), key=lambda i: (not math.isfinite(gain.iloc[i]),
+                                                     -gain.iloc[i] if math.isfinite(gain.iloc[i]) else 0.0,
+                                                     frame.method.iloc[i]))
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def difference_grid(g: Group, metric: str) -> pd.DataFrame:
+    """The data of the difference heatmap: methods (table order, baseline left out) x domains, each the
+    mean over seeds of the method's difference to the baseline on that domain, and ``all``, the mean
+    over every (domain, seed) pair (the difference figure's mean); nan where no pair finished."""
+    columns = [*g.domains, "all"]
+    rows = {}
+    for method in g.methods:
+        if g.baseline is None or method == g.baseline:
+            continue
+        d = paired_differences(g, method, metric)
+        by_domain = d.groupby(level="domain").mean() if len(d) else pd.Series(dtype=np.float64)
+        rows[method] = [float(by_domain.get(dom, math.nan)) for dom in g.domains] + [
+            float(d.mean()) if len(d) else math.nan]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns) if rows else pd.DataFrame(columns=columns)
 
 
 def _ranking(g: Group, metric: str, alpha: float) -> Ranking | None:

@@ -3,7 +3,9 @@
 Tables come only from the records on disk, never from logs, so a sweep split across machines can
 be reported later; the report is a function of the records alone and imports no torch. Outputs
 under ``out``: ``leaderboard.md`` / ``leaderboard.csv`` (one row per method x group),
-``tables/<group>.{md,tex,csv}``, ``plots/*.{png,pdf}`` and ``report.md`` linking them. The output
+``tables/<group>.{md,tex,csv}``, ``plots/*.{png,pdf}`` (per group: ``diff_<group>_<metric>``, the
+difference to the baseline, ``heatmap_<group>``, ``bars_``, ``cd_``, ``tradeoff_``, ``curves_``) and
+``report.md`` showing each figure with a sentence on how to read it. The output
 is byte-identical when rebuilt from the same records. Every file is written atomically
 (temporary file + rename) and a rebuild holds ``<out>/.report.lock``, so two sweeps sharing an
 ``--out`` never interleave; the records are read under that lock too, so the last rebuild counts
@@ -25,7 +27,16 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.core.records import atomic_write, scan_records
-from benchmark.report.aggregate import DEFAULT_ALPHA, DEFAULT_BASELINE, Group, analyse, leaderboard
+from benchmark.report.aggregate import (
+    DEFAULT_ALPHA,
+    DEFAULT_BASELINE,
+    Group,
+    analyse,
+    difference_frame,
+    difference_grid,
+    leaderboard,
+    method_regime,
+)
 from benchmark.report.frame import ALL_METRICS, DEFAULT_METRICS, records_frame
 from benchmark.report.render import csv_text, group_tables, leaderboard_markdown, report_markdown
 from benchmark.report.reported import load_reported, reported_files
@@ -69,8 +80,11 @@ def write_tables(groups: list[Group], out: Path, metrics: tuple[str, ...], alpha
     return paths
 
 
-def write_plots(groups: list[Group], out: Path, metrics: tuple[str, ...]) -> dict[str, list[Path]]:
-    """Bars, a critical-difference diagram, the accuracy/AUROC trade-off and training curves per group.
+def write_plots(groups: list[Group], out: Path, metrics: tuple[str, ...],
+                alpha: float = DEFAULT_ALPHA) -> dict[str, list[Path]]:
+    """Per group: the difference to the baseline of each metric in ``metrics`` (the headline) and its
+    methods x domains heatmap, the scores, a critical-difference diagram, the accuracy/AUROC
+    trade-off and the training curves.
 
     Figures of an earlier report that this one does not rewrite are removed by ``write_report``
     once ``report.md`` no longer links them (:func:`remove_stale`).
@@ -82,20 +96,32 @@ def write_plots(groups: list[Group], out: Path, metrics: tuple[str, ...]) -> dic
     made: dict[str, list[Path]] = {}
     primary = "hm_accpc_auroc" if "hm_accpc_auroc" in metrics else metrics[0]
     for g in groups:
-        files = plots.grouped_bars({m: g.grids[m] for m in metrics}, g.columns, g.title, pdir / f"bars_{g.slug}")
+        files: list[Path] = []
+        regimes = {m: method_regime(g, m) for m in g.methods}
+        if g.baseline is not None:
+            for m in metrics:
+                frame = difference_frame(g, m)
+                if (frame.n > 0).any():
+                    files += plots.save(plots.difference_figure(frame, m, g.baseline, f"{g.title}: {m} − {g.baseline}",
+                                                                alpha), pdir / f"diff_{g.slug}_{m}")
+            grids = {m: difference_grid(g, m) for m in metrics}
+            if any(len(grid) for grid in grids.values()):
+                files += plots.save(plots.heatmap_figure(grids, g.baseline, f"{g.title}: difference to {g.baseline} "
+                                                                            f"per domain"), pdir / f"heatmap_{g.slug}")
+        files += plots.save(plots.bars_figure({m: g.grids[m] for m in metrics}, g.columns, g.title, regimes),
+                            pdir / f"bars_{g.slug}")
         r = g.ranks.get(primary)
         if r is not None:
-            files += plots.cd_diagram(r.methods, r.result.avg_ranks, r.result.cd, r.cliques,
-                                      f"{g.title}: average rank of {primary} (N = {r.result.n_blocks})",
-                                      pdir / f"cd_{g.slug}_{primary}")
-        acc, au = g.grids["acc_pc"], g.grids["auroc"]
-        points = [(m, d, acc[m][d], au[m][d]) for m in g.methods for d in g.domains]
-        files += plots.tradeoff(points, g.methods, g.title, pdir / f"tradeoff_{g.slug}")
+            files += plots.save(plots.cd_figure(r.methods, r.result.avg_ranks, r.result.cd, r.cliques,
+                                                f"{g.title}: average rank of {primary} (N = {r.result.n_blocks} "
+                                                f"blocks)"), pdir / f"cd_{g.slug}_{primary}")
+        files += plots.save(plots.tradeoff_figure(g.grids["acc_pc"], g.grids["auroc"], g.columns, g.baseline,
+                                                  g.title), pdir / f"tradeoff_{g.slug}")
         done = g.frame[g.frame.status == "done"]
         histories = {m: [h for h in done[done.method == m].history if h] for m in g.methods}
         histories = {m: h for m, h in histories.items() if h}
         if histories:
-            files += plots.curves(histories, g.methods, g.title, pdir / f"curves_{g.slug}")
+            files += plots.save(plots.curves_figure(histories, regimes, g.title), pdir / f"curves_{g.slug}")
         made[g.slug] = files
     return made
 
@@ -149,9 +175,9 @@ def write_report(out: Path, metrics: tuple[str, ...] | list[str] = DEFAULT_METRI
         atomic_write(out / "leaderboard.md", leaderboard_markdown(groups, df, metrics, baseline, alpha, bootstrap,
                                                                   published, problems))
         tables = write_tables(groups, out, metrics, alpha)
-        figures = write_plots(groups, out, metrics) if plots else {}
+        figures = write_plots(groups, out, metrics, alpha) if plots else {}
         # report.md last, stale files after it: an interrupted rebuild never leaves a link to a removed file
-        atomic_write(out / "report.md", report_markdown(groups, out, tables, figures, metrics, baseline))
+        atomic_write(out / "report.md", report_markdown(groups, out, tables, figures, metrics, baseline, alpha))
         remove_stale(out / "tables", (".md", ".tex", ".csv"), tables)
         if plots:
             remove_stale(out / "plots", (".png", ".pdf"), figures)

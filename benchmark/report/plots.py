@@ -1,37 +1,159 @@
 """Figures of a report (matplotlib, Agg backend), each saved as PNG and PDF.
 
-Files are reproducible: no creation date is embedded, and colours follow the method order given.
+Every figure here is built for any number of methods (tested with 24 methods with 40-character
+labels, ``tests/test_figures.py``): its size is computed from its content (rows, panels and the
+measured width of its labels), long labels wrap, legends sit outside the data axes in their own
+area (constrained layout, ``outside`` locations), and titles wrap inside the canvas. Each
+``*_figure`` function returns the figure; :func:`save` writes it. The numbers a figure draws come
+from ``benchmark.report.aggregate`` (e.g. :func:`~benchmark.report.aggregate.difference_frame`);
+nothing here computes a statistic. Files are reproducible: no creation date is embedded.
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.textpath import TextToPath  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from benchmark.core.records import atomic_write  # noqa: E402
-from benchmark.report.tables import Cell  # noqa: E402
+from benchmark.report.frame import higher_is_better  # noqa: E402
+from benchmark.report.tables import Cell, fmt_num, fmt_p  # noqa: E402
 
 DPI = 110
 _PNG_META = {"Software": None}
 _PDF_META = {"Creator": None, "Producer": None, "CreationDate": None}
 
+FONT = 8
+"""Font size (points) of labels and titles; :data:`SMALL` for ticks, legends and cell values."""
+SMALL = 7
+TITLE = 9
+LINE = 1.3
+"""Line height as a multiple of the font size (matplotlib's 1.2 plus a margin)."""
+LABEL_WIDTH = 2.6
+"""Width (inches) at which a method's label wraps."""
+PAD = 0.12
+"""Margin (inches) added around measured text."""
+RC = {"font.size": FONT, "axes.titlesize": FONT, "axes.labelsize": FONT, "xtick.labelsize": SMALL,
+      "ytick.labelsize": SMALL, "legend.fontsize": SMALL, "figure.titlesize": TITLE, "text.parse_math": False,
+      "axes.titlelocation": "center", "legend.handlelength": 1.6}
+
+REGIME_STYLE = {"none": ("o", "#555555"), "transductive": ("s", "#0072B2"), "online": ("^", "#D55E00"),
+                "episodic": ("D", "#009E73"), "?": ("X", "#CC79A7")}
+"""Marker and colour (Okabe-Ito, colour-blind safe) of each regime."""
+MARKERS = "os^Dv<>pPX*h"
+_T2P = TextToPath()
+
+
+def _styled(build: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Build a figure under :data:`RC` (text is never parsed as math: labels may hold ``$`` or ``_``)."""
+    @functools.wraps(build)
+    def wrapper(*args: Any, **kwargs: Any) -> Figure:
+        with plt.rc_context(RC):
+            return build(*args, **kwargs)
+    return wrapper
+
+
+def text_width(text: str, size: float = FONT) -> float:
+    """Width (inches) of ``text`` (its longest line) in the default font at ``size`` points, with 6% to
+    spare for the hinting of small sizes at low resolutions."""
+    prop = FontProperties(size=size)
+    lines = str(text).split("\n")
+    return 1.06 * max(_T2P.get_text_width_height_descent(line or " ", prop, ismath=False)[0] for line in lines) / 72.0
+
+
+def text_height(text: str, size: float = FONT) -> float:
+    """Height (inches) of ``text``'s lines at ``size`` points."""
+    return (str(text).count("\n") + 1) * size * LINE / 72.0
+
+
+def _pieces(word: str, width: float, size: float) -> list[str]:
+    """A word wider than ``width`` cut after ``_ = , / . -`` (and, if a piece is still too wide, anywhere)."""
+    if text_width(word, size) <= width:
+        return [word]
+    out = []
+    for part in re.findall(r"[^_=,/.\-]*[_=,/.\-]?", word):
+        while part and text_width(part, size) > width:
+            n = max(1, int(len(part) * width / text_width(part, size)) - 1)
+            out.append(part[:n])
+            part = part[n:]
+        if part:
+            out.append(part)
+    return out
+
+
+def wrap(text: str, width: float, size: float = FONT) -> str:
+    """``text`` wrapped greedily to lines of at most ``width`` inches at ``size`` points."""
+    lines = []
+    for para in str(text).split("\n"):
+        line = ""
+        for word in re.findall(r"\S+\s*", para):
+            pieces = _pieces(word.rstrip(), width, size)
+            pieces[-1] += word[len(word.rstrip()):]
+            for piece in pieces:
+                if line and text_width((line + piece).rstrip(), size) > width:
+                    lines.append(line.rstrip())
+                    line = piece.lstrip()
+                else:
+                    line += piece
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def wrap_label(label: str, width: float = LABEL_WIDTH, size: float = FONT) -> str:
+    """A method's row label wrapped to ``width`` inches: the name, then its departures ``(k=v, ...)``."""
+    if text_width(label, size) <= width:
+        return label
+    name, sep, rest = str(label).partition(" (")
+    if sep:
+        return wrap(name, width, size) + "\n" + wrap("(" + rest, width, size)
+    return wrap(label, width, size)
+
 
 def colours(methods: list[str]) -> dict[str, tuple[float, ...]]:
-    """A fixed colour per method (tab10, then tab20), in the given order."""
-    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    """A fixed colour per method (tab10, cycled), in the given order."""
+    cmap = plt.get_cmap("tab10")
     return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
 
 
-def save(fig: plt.Figure, stem: Path) -> list[Path]:
-    """Write ``stem.png`` and ``stem.pdf`` atomically, close the figure, return both paths."""
+def method_styles(methods: list[str]) -> dict[str, tuple[tuple[float, ...], str]]:
+    """A distinct (colour, marker) per method: ten colours with the first marker, the next ten with the
+    second, ... (120 methods before a pair repeats)."""
+    cols = colours(methods)
+    return {m: (cols[m], MARKERS[(i // 10) % len(MARKERS)]) for i, m in enumerate(methods)}
+
+
+def regime_style(regime: Any) -> tuple[str, str]:
+    return REGIME_STYLE.get(str(regime), REGIME_STYLE["?"])
+
+
+def save(fig: Figure, stem: Path) -> list[Path]:
+    """Write ``stem.png`` and ``stem.pdf`` atomically, close the figure, return both paths.
+
+    The layout is computed once, at the PNG's resolution, and kept for both files."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
+    fig.set_dpi(DPI)
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
+        fig.set_layout_engine("none")
     for path, kwargs in ((png, {"dpi": DPI, "metadata": _PNG_META}), (pdf, {"metadata": _PDF_META})):
         buf = io.BytesIO()
         fig.savefig(buf, format=path.suffix[1:], **kwargs)
@@ -40,129 +162,421 @@ def save(fig: plt.Figure, stem: Path) -> list[Path]:
     return [png, pdf]
 
 
-def grouped_bars(grids: dict[str, dict[str, dict[str, Cell]]], columns: list[str], title: str,
-                 stem: Path) -> list[Path]:
-    """One panel per metric: bars of mean over seeds per column (domains, avg) and method, error bars = std.
+# --- layout helpers -------------------------------------------------------------------------------------------
 
-    A cell without a finished run gets no bar but its state (``failed``, ``missing``) written in its place.
+
+def _figure(width: float, height: float) -> Figure:
+    fig = plt.figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.06, h_pad=0.06, wspace=0.04, hspace=0.04)
+    return fig
+
+
+def _title(fig: Figure, title: str, width: float) -> float:
+    """Set the figure's title wrapped to its width; returns the height it takes (inches)."""
+    text = wrap(title, width - 2 * PAD, TITLE)
+    fig.suptitle(text, fontsize=TITLE)
+    return text_height(text, TITLE) + PAD
+
+
+def _title_height(title: str, width: float) -> float:
+    return text_height(wrap(title, width - 2 * PAD, TITLE), TITLE) + PAD
+
+
+def _legend_layout(labels: list[str], width: float) -> tuple[int, float]:
+    """Columns and height (inches) of a legend below the axes holding ``labels`` in a figure ``width`` wide."""
+    if not labels:
+        return 1, 0.0
+    entry = max(text_width(lab, SMALL) for lab in labels) + 0.55
+    ncols = max(1, min(len(labels), int((width - 2 * PAD) // entry)))
+    rows = math.ceil(len(labels) / ncols)
+    lines = max(lab.count("\n") + 1 for lab in labels)
+    return ncols, rows * (lines * SMALL * LINE / 72.0 + 0.06) + 2 * PAD
+
+
+def _legend(fig: Figure, handles: list[Any], labels: list[str], ncols: int) -> None:
+    """A legend in its own area below every axes."""
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols, frameon=False, fontsize=SMALL)
+
+
+def _row_height(labels: list[str], minimum: float = 0.24) -> float:
+    return max(minimum, max((text_height(lab, FONT) for lab in labels), default=0.0) + 0.08)
+
+
+# --- the headline: difference to the baseline ------------------------------------------------------------------
+
+
+def _difference_text(r: Any) -> str:
+    if r.n == 0:
+        return "no common (domain, seed) pair"
+    if math.isfinite(r.ci_lo) and math.isfinite(r.ci_hi):
+        ci = f"[{fmt_num(r.ci_lo, 2, sign=True)}, {fmt_num(r.ci_hi, 2, sign=True)}]"
+    else:
+        ci = "(no interval: 1 pair)"
+    return f"{fmt_num(r.mean, 2, sign=True)} {ci}   p = {fmt_p(r.p_holm)}{r.mark}"
+
+
+def header_text() -> str:
+    """The heading of the difference figure's right-hand column."""
+    return "mean [95% interval]   Holm-adjusted Wilcoxon p"
+
+
+@_styled
+def difference_figure(frame: pd.DataFrame, metric: str, baseline: str, title: str, alpha: float = 0.05) -> Figure:
+    """Each method's mean difference to ``baseline`` on ``metric`` with its 95% paired t interval.
+
+    ``frame`` is :func:`benchmark.report.aggregate.difference_frame` (sorted best first), drawn top
+    to bottom: marker and colour by regime, filled when the Holm-adjusted Wilcoxon p is below
+    ``alpha`` (the tables' daggers), hollow otherwise; a vertical line marks zero. Right of each row:
+    mean [interval] and the Holm-adjusted Wilcoxon p. The artists carry ``gid`` ``mean <method>``
+    and ``ci <method>``.
     """
+    labels = [wrap_label(m) for m in frame.method]
+    texts = [_difference_text(r) for r in frame.itertuples()]
+    row = _row_height(labels)
+    plot_w = 3.2
+    width = (max((text_width(lab) for lab in labels), default=1.0) + plot_w
+             + max([text_width(t, SMALL) for t in texts] + [text_width(header_text(), SMALL)]) + 4 * PAD + 0.3)
+    regimes = list(dict.fromkeys(frame.regime))
+    handles = [Line2D([], [], ls="none", marker=regime_style(r)[0], color=regime_style(r)[1], mfc=regime_style(r)[1],
+                      ms=6) for r in regimes]
+    legend_labels = [f"{r}" for r in regimes]
+    handles += [Line2D([], [], ls="none", marker="o", color="0.3", mfc="0.3", ms=6),
+                Line2D([], [], ls="none", marker="o", color="0.3", mfc="white", ms=6)]
+    legend_labels += [f"filled: Holm-adjusted Wilcoxon p < {alpha:g}", "hollow: not significant"]
+    ncols, legend_h = _legend_layout(legend_labels, width)
+    direction = "higher" if higher_is_better(metric) else "lower"
+    xlabel = wrap(f"{metric}: method − {baseline} (points; {direction} is better), mean over (domain, seed) pairs "
+                  f"with its 95% paired t interval", plot_w + 1.5, FONT)
+    header = header_text()
+    height = (_title_height(title, width) + text_height(header, SMALL) + len(frame) * row + text_height(xlabel) + 0.35
+              + legend_h + 2 * PAD)
+    fig = _figure(width, height)
+    _title(fig, title, width)
+    ax = fig.add_subplot()
+    y = np.arange(len(frame))[::-1].astype(float)
+    ax.axvline(0.0, color="0.15", lw=0.9, zorder=1)
+    values = [0.0]
+    for yi, r in zip(y, frame.itertuples()):
+        marker, colour = regime_style(r.regime)
+        if math.isfinite(r.ci_lo) and math.isfinite(r.ci_hi):
+            ax.plot([r.ci_lo, r.ci_hi], [yi, yi], color=colour, lw=1.6, marker="|", ms=7, solid_capstyle="butt",
+                    gid=f"ci {r.method}", zorder=2)
+            values += [r.ci_lo, r.ci_hi]
+        if math.isfinite(r.mean):
+            ax.plot([r.mean], [yi], ls="none", marker=marker, ms=6.5, color=colour, mew=1.3,
+                    mfc=colour if r.mark else "white", gid=f"mean {r.method}", zorder=3)
+            values.append(r.mean)
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    ax.set_xlim(lo - 0.08 * span, hi + 0.08 * span)
+    ax.set_ylim(-0.6, len(frame) - 0.4)
+    ax.set_yticks(y, labels, fontsize=FONT)
+    right = ax.secondary_yaxis("right")
+    right.set_yticks(y, texts, fontsize=SMALL)
+    right.tick_params(length=0)
+    pad = plt.rcParams["ytick.major.pad"]
+    ax.annotate(header, xy=(1, 1), xycoords="axes fraction", xytext=(pad, 3), textcoords="offset points",
+                ha="left", va="bottom", fontsize=SMALL, color="0.3")
+    ax.tick_params(axis="y", length=0)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel(xlabel)
+    _legend(fig, handles, legend_labels, ncols)
+    return fig
+
+
+@_styled
+def heatmap_figure(grids: dict[str, pd.DataFrame], baseline: str, title: str) -> Figure:
+    """Methods x domains of the mean difference to ``baseline``, one panel per metric, values printed in the
+    cells; ``all``: the mean over every (domain, seed) pair. Blue is better, red worse, whatever the
+    metric's direction; grey cells: no pair. ``grids`` holds :func:`benchmark.report.aggregate.difference_grid`
+    per metric (same rows and columns)."""
+    first = next(iter(grids.values()))
+    methods, columns = list(first.index), list(first.columns)
+    labels = [wrap_label(m) for m in methods]
+    cell_texts = {m: [[fmt_num(v, 1, sign=True) for v in row] for row in g.to_numpy()] for m, g in grids.items()}
+    widest = max((text_width(t, SMALL) for rows in cell_texts.values() for row in rows for t in row), default=0.3)
+    cell_w = max(0.5, widest + 0.14, *(text_width(piece, SMALL) + 0.1 for c in columns
+                                       for piece in re.findall(r"[^_\s]+_?", c)))
+    column_labels = [wrap(c, cell_w - 0.08, SMALL) for c in columns]
+    col_h = max(text_height(c, SMALL) for c in column_labels) + 0.08
+    row = _row_height(labels)
+    panel_w = len(columns) * cell_w
+    panel_titles = {m: wrap(m, panel_w, FONT) for m in grids}
+    bar_labels = {m: wrap(f"{m}: method − {baseline} (points)", panel_w, SMALL) for m in grids}
+    width = max(text_width(lab) for lab in labels) + len(grids) * (panel_w + 0.3) + 3 * PAD
+    bar_h = 0.5 + max(text_height(b, SMALL) for b in bar_labels.values())
+    height = (_title_height(title, width) + max(text_height(t) for t in panel_titles.values()) + 0.1
+              + len(methods) * row + col_h + bar_h + 2 * PAD)
+    fig = _figure(width, height)
+    _title(fig, title, width)
+    axes = fig.subplots(1, len(grids), sharey=True, squeeze=False)[0]
+    for ax, (metric, grid) in zip(axes, grids.items()):
+        values = grid.to_numpy(dtype=np.float64)
+        finite = np.abs(values[np.isfinite(values)])
+        vmax = max(float(finite.max()) if finite.size else 0.0, 0.5)
+        cmap = plt.get_cmap("RdBu" if higher_is_better(metric) else "RdBu_r").with_extremes(bad="0.88")
+        im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=Normalize(-vmax, vmax), aspect="auto",
+                       interpolation="nearest")
+        for i in range(len(methods)):
+            for j in range(len(columns)):
+                v = values[i, j]
+                dark = math.isfinite(v) and abs(v) > 0.6 * vmax
+                ax.text(j, i, cell_texts[metric][i][j], ha="center", va="center", fontsize=SMALL,
+                        color="white" if dark else ("0.35" if not math.isfinite(v) else "black"))
+        if "all" in columns and len(columns) > 1:
+            ax.axvline(columns.index("all") - 0.5, color="white", lw=3)
+        ax.set_xticks(range(len(columns)), column_labels)
+        ax.set_yticks(range(len(methods)), labels, fontsize=FONT)
+        ax.tick_params(length=0)
+        ax.set_title(panel_titles[metric])
+        bar = fig.colorbar(im, ax=ax, location="bottom", shrink=0.95, aspect=max(8.0, panel_w / 0.13), pad=0.02)
+        bar.set_label(bar_labels[metric], fontsize=SMALL)
+        bar.ax.tick_params(labelsize=SMALL)
+        bar.ax.xaxis.set_major_locator(MaxNLocator(nbins=max(3, int(panel_w / 0.55))))
+    return fig
+
+
+# --- scores, ranks, trade-off ----------------------------------------------------------------------------------
+
+
+@_styled
+def bars_figure(grids: dict[str, dict[str, dict[str, Cell]]], columns: list[str], title: str,
+                regimes: dict[str, str] | None = None) -> Figure:
+    """One panel per metric, one row per method: a bar for the average over domains (mean ± std over seeds,
+    coloured by regime) and a marker per domain (its mean over seeds). A cell without a finished run
+    gets its state (``failed``, ``missing``) written in place of the bar."""
     methods = list(next(iter(grids.values())))
-    col_of = colours(methods)
-    width = 0.8 / max(len(methods), 1)
-    height = 2.4 * len(grids) + 0.9
-    fig, axes = plt.subplots(len(grids), 1, figsize=(max(6.0, 1.2 * len(columns) + 3), height), squeeze=False)
-    fig.subplots_adjust(left=0.09, right=0.98, top=1 - 0.4 / height, bottom=0.75 / height, hspace=0.3)
-    x = np.arange(len(columns))
-    for ax, (metric, grid) in zip(axes[:, 0], grids.items()):
-        for i, m in enumerate(methods):
-            cells = [grid[m].get(c, Cell()) for c in columns]
-            means = [c.mean if c.ok else 0.0 for c in cells]
-            errs = [c.std if c.ok and math.isfinite(c.std) else 0.0 for c in cells]
-            pos = x + (i - (len(methods) - 1) / 2) * width
-            ax.bar(pos, means, width, yerr=errs, capsize=2, color=col_of[m], label=m if ax is axes[0, 0] else None,
-                   error_kw={"elinewidth": 0.8})
-            for p, c in zip(pos, cells):
-                if not c.ok:
-                    ax.text(p, 1.0, c.state, rotation=90, ha="center", va="bottom", fontsize=6, color="0.3")
-        ax.set_xticks(x, columns)
-        ax.set_ylabel(f"{metric} (%)")
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.legend(fontsize=7, ncol=min(len(methods), 6), loc="lower center", frameon=False)
-    return save(fig, stem)
+    regimes = regimes or {}
+    labels = [wrap_label(m) for m in methods]
+    domains = [c for c in columns if c != "avg"]
+    markers = dict(zip(domains, MARKERS))
+    row = _row_height(labels)
+    panel_w = 2.4
+    width = max(text_width(lab) for lab in labels) + len(grids) * (panel_w + 0.25) + 3 * PAD
+    used = list(dict.fromkeys(regimes.get(m, "?") for m in methods))
+    handles = [Patch(color=regime_style(r)[1], alpha=0.6) for r in used]
+    legend_labels = [f"avg, {r} (mean ± std over seeds)" for r in used]
+    handles += [Line2D([], [], ls="none", marker=markers[d], color="0.15", mfc="none", ms=4) for d in domains]
+    legend_labels += [f"{d} (mean over seeds)" for d in domains]
+    ncols, legend_h = _legend_layout(legend_labels, width)
+    height = _title_height(title, width) + len(methods) * row + 0.55 + legend_h + 2 * PAD
+    fig = _figure(width, height)
+    _title(fig, title, width)
+    axes = fig.subplots(1, len(grids), sharey=True, squeeze=False)[0]
+    y = np.arange(len(methods))[::-1].astype(float)
+    offsets = np.linspace(-0.22, 0.22, len(domains)) if len(domains) > 1 else np.zeros(len(domains))
+    for ax, (metric, grid) in zip(axes, grids.items()):
+        top = 100.0
+        for yi, m in zip(y, methods):
+            avg = grid[m].get("avg", Cell())
+            colour = regime_style(regimes.get(m, "?"))[1]
+            if avg.ok:
+                err = avg.std if math.isfinite(avg.std) else 0.0
+                ax.barh(yi, avg.mean, 0.7, xerr=err, color=colour, alpha=0.6, lw=0,
+                        error_kw={"elinewidth": 0.9, "capsize": 2, "ecolor": "0.1"})
+                top = max(top, avg.mean + err)
+            else:
+                ax.text(0.02, yi, avg.state, transform=ax.get_yaxis_transform(), ha="left", va="center",
+                        fontsize=SMALL, color="0.3")
+            for d, off in zip(domains, offsets):
+                c = grid[m].get(d, Cell())
+                if c.ok:
+                    ax.plot([c.mean], [yi + off], ls="none", marker=markers[d], ms=3.5, color="0.15", mfc="none",
+                            mew=0.8)
+                    top = max(top, c.mean)
+        ax.set_xlim(0, top * 1.02)
+        ax.set_ylim(-0.6, len(methods) - 0.4)
+        ax.set_yticks(y, labels, fontsize=FONT)
+        ax.tick_params(axis="y", length=0)
+        ax.set_xlabel(f"{metric} (%)")
+        ax.grid(axis="x", alpha=0.3)
+    _legend(fig, handles, legend_labels, ncols)
+    return fig
 
 
-def cd_diagram(names: list[str], avg_ranks: list[float], cd: float, cliques: list[tuple[int, int]], title: str,
-               stem: Path) -> list[Path]:
-    """Critical-difference diagram: methods on the average-rank axis (1 = best, left), a bar of length CD,
-    and thick lines joining runs of methods whose ranks differ by less than CD."""
+@_styled
+def cd_figure(names: list[str], avg_ranks: list[float], cd: float, cliques: list[tuple[int, int]],
+              title: str) -> Figure:
+    """Critical-difference diagram: methods on the average-rank axis (1 = best, left), the better half
+    labelled on the left, the other half on the right, a bar of length CD above the axis, and thick
+    lines below it joining runs of methods whose ranks differ by less than CD (not significantly
+    different). Laid out in inches from the measured labels, so nothing overlaps at any number of
+    methods."""
     k = len(names)
     order = sorted(range(k), key=lambda i: (avg_ranks[i], names[i]))
     ranks = [avg_ranks[i] for i in order]
     half = math.ceil(k / 2)
-    height = 1.2 + 0.3 * half + 0.12 * len(cliques)
-    fig, ax = plt.subplots(figsize=(6.4, height))
-    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.35 / height, bottom=0.02)
-    lo, hi = 1, max(k, 2)
-    ax.set_xlim(lo - 0.6, hi + 0.6)
-    ax.set_ylim(-(half + 1) * 0.3 - 0.12 * len(cliques), 0.55)
+    texts = [wrap_label(f"{names[i]} ({r:.2f})") for i, r in zip(order, ranks)]
+    left_w = max(text_width(t) for t in texts[:half])
+    right_w = max((text_width(t) for t in texts[half:]), default=0.0)
+    hi = max(k, 2)
+    axis_w = max(3.0, 0.32 * (hi - 1))
+    x0 = PAD + left_w + 0.35  # inches: where rank 1 sits
+    width = x0 + axis_w + 0.35 + right_w + PAD
+    title_text = wrap(title, width - 2 * PAD, TITLE)
+    row = _row_height(texts, 0.22)
+    y_axis = PAD + text_height(title_text, TITLE) + 0.35 + 0.35  # below the title, the CD bar and the tick labels
+    y_rows = y_axis + 0.12 + 0.1 * len(cliques) + 0.12
+    height = y_rows + half * row + PAD
+    fig = plt.figure(figsize=(width, height), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)  # inches from the top
     ax.axis("off")
-    ax.hlines(0, lo, hi, color="k", lw=1)
-    for t in range(lo, hi + 1):
-        ax.vlines(t, 0, 0.06, color="k", lw=1)
-        ax.text(t, 0.1, str(t), ha="center", va="bottom", fontsize=8)
+
+    def x_of(r: float) -> float:
+        return x0 + (r - 1) / (hi - 1) * axis_w
+
+    ax.text(width / 2, PAD, title_text, ha="center", va="top", fontsize=TITLE)
+    ax.hlines(y_axis, x_of(1), x_of(hi), color="k", lw=1)
+    step = 1 if axis_w / (hi - 1) >= 0.22 else 2
+    for t in range(1, hi + 1):
+        ax.vlines(x_of(t), y_axis - 0.06, y_axis, color="k", lw=1)
+        if (t - 1) % step == 0 or t == hi:
+            ax.text(x_of(t), y_axis - 0.09, str(t), ha="center", va="bottom", fontsize=SMALL)
     if math.isfinite(cd):
-        ax.hlines(0.4, lo, lo + cd, color="k", lw=1.5)
-        ax.text(lo + cd / 2, 0.44, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8)
-    for pos, (i, r) in enumerate(zip(order, ranks)):
-        left = pos < half
-        row = (pos if left else k - 1 - pos) + 1
-        y = -row * 0.3 - 0.12 * len(cliques)
-        x_text = lo - 0.5 if left else hi + 0.5
-        ax.plot([r, r, x_text], [0, y, y], color="0.3", lw=0.8)
-        ax.text(x_text, y, f"{names[i]} ({r:.2f})", ha="left" if left else "right", va="center", fontsize=8,
-                transform=ax.transData, clip_on=False,
-                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+        end = min(1 + cd, hi)
+        y_cd = y_axis - 0.45
+        ax.hlines(y_cd, x_of(1), x_of(end), color="k", lw=1.5)
+        ax.vlines([x_of(1), x_of(end)], y_cd - 0.04, y_cd + 0.04, color="k", lw=1.5)
+        note = f"CD = {cd:.2f}" + (" (wider than the axis)" if 1 + cd > hi else "")
+        ax.text(x_of(end) + 0.08, y_cd, note, ha="left", va="center", fontsize=SMALL)
     for n, (i, j) in enumerate(cliques):
-        y = -0.08 - 0.12 * n
-        ax.hlines(y, ranks[i] - 0.03, ranks[j] + 0.03, color="k", lw=3)
-    ax.set_title(title, fontsize=9)
-    return save(fig, stem)
+        yc = y_axis + 0.12 + 0.1 * n
+        ax.hlines(yc, x_of(ranks[i]) - 0.04, x_of(ranks[j]) + 0.04, color="k", lw=3)
+    for pos, (r, text) in enumerate(zip(ranks, texts)):
+        left = pos < half
+        y = y_rows + ((pos if left else k - 1 - pos) + 0.5) * row
+        x_text = x0 - 0.3 if left else x0 + axis_w + 0.3
+        ax.plot([x_of(r), x_of(r), x_text], [y_axis, y, y], color="0.35", lw=0.8)
+        ax.text(x_text + (-0.05 if left else 0.05), y, text, ha="right" if left else "left", va="center",
+                fontsize=FONT)
+    return fig
 
 
-def tradeoff(points: list[tuple[str, str, Cell, Cell]], methods: list[str], title: str, stem: Path) -> list[Path]:
-    """Accuracy (``acc_pc``) against AUROC: one point per method (colour) and domain (marker), error bars = std."""
-    col_of = colours(methods)
-    domains = sorted({d for _, d, _, _ in points})
-    markers = dict(zip(domains, "osD^v<>pP*Xh"))
-    fig, ax = plt.subplots(figsize=(5.6, 4.2))
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.12)
-    for m, d, acc, au in points:
-        if not (acc.ok and au.ok):
-            continue
-        ax.errorbar(acc.mean, au.mean, xerr=acc.std if math.isfinite(acc.std) else None,
-                    yerr=au.std if math.isfinite(au.std) else None, fmt=markers.get(d, "o"), color=col_of[m],
-                    ms=6, elinewidth=0.7, capsize=2)
-    for m in methods:
-        ax.plot([], [], "s", color=col_of[m], label=m)
-    for d in domains:
-        ax.plot([], [], markers.get(d, "o"), color="0.4", mfc="none", label=d)
-    ax.set_xlabel("acc_pc (%)")
-    ax.set_ylabel("auroc (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best", ncol=2)
-    ax.set_title(title, fontsize=9)
-    return save(fig, stem)
-
-
-def curves(histories: dict[str, list[list[dict[str, float]]]], methods: list[str], title: str,
-           stem: Path) -> list[Path]:
-    """One panel per recorded quantity (``loss`` first): per method, the mean over its runs at each
-    epoch (for online and episodic runs, each recorded fraction of the stream), shaded +- one std
-    where more than one run reached that point. Colours follow ``methods``."""
-    col_of = colours(methods)
-    keys = sorted({k for runs in histories.values() for h in runs for e in h for k, v in e.items()
-                   if k != "epoch" and isinstance(v, (int, float))}, key=lambda k: (k != "loss", k))
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.0 * len(keys), 3.2), squeeze=False)
-    fig.subplots_adjust(left=0.16 / len(keys), right=0.97, top=0.88, bottom=0.15, wspace=0.3)
-    for ax, key in zip(axes[0], keys):
-        for m, runs in histories.items():
-            by_epoch: dict[int, list[float]] = {}
-            for h in runs:
-                for i, e in enumerate(h):
-                    v = e.get(key)
-                    if isinstance(v, (int, float)) and math.isfinite(v):
-                        by_epoch.setdefault(float(e.get("epoch", i + 1)), []).append(float(v))
-            if not by_epoch:
+@_styled
+def tradeoff_figure(acc: dict[str, dict[str, Cell]], auroc: dict[str, dict[str, Cell]], columns: list[str],
+                    baseline: str | None, title: str) -> Figure:
+    """``acc_pc`` against AUROC, one panel per column (each domain, then ``avg``): a point per method (a
+    distinct colour and marker each; error bars: std over seeds), dashed lines through the baseline."""
+    methods = list(acc)
+    styles = method_styles(methods)
+    labels = [wrap_label(m) for m in methods]
+    n = len(columns)
+    ncols = n if n <= 3 else min(3, math.ceil(math.sqrt(n)))
+    nrows = math.ceil(n / ncols)
+    panel = 2.5
+    width = ncols * (panel + 0.45) + 2 * PAD
+    handles = [Line2D([], [], ls="none", marker=styles[m][1], color=styles[m][0], ms=5) for m in methods]
+    lcols, legend_h = _legend_layout(labels, width)
+    height = _title_height(title, width) + nrows * (panel + 0.55) + legend_h + 2 * PAD
+    fig = _figure(width, height)
+    _title(fig, title, width)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, col in zip(axes.ravel(), columns):
+        base_a = acc.get(baseline, {}).get(col, Cell()) if baseline else Cell()
+        base_u = auroc.get(baseline, {}).get(col, Cell()) if baseline else Cell()
+        if base_a.ok and base_u.ok:
+            ax.axvline(base_a.mean, color="0.5", ls="--", lw=0.8)
+            ax.axhline(base_u.mean, color="0.5", ls="--", lw=0.8)
+        for m in methods:
+            a, u = acc[m].get(col, Cell()), auroc[m].get(col, Cell())
+            if not (a.ok and u.ok):
                 continue
-            ep = np.array(sorted(by_epoch))
-            mean = np.array([np.mean(by_epoch[e]) for e in ep])
-            std = np.array([np.std(by_epoch[e], ddof=1) if len(by_epoch[e]) > 1 else 0.0 for e in ep])
-            ax.plot(ep, mean, "-o", ms=3, color=col_of[m], label=m)
-            ax.fill_between(ep, mean - std, mean + std, color=col_of[m], alpha=0.15, lw=0)
-        ax.set_xlabel("epoch (online: fraction of the stream)")
-        ax.set_ylabel(key)
+            colour, marker = styles[m]
+            ax.errorbar(a.mean, u.mean, xerr=a.std if math.isfinite(a.std) else None,
+                        yerr=u.std if math.isfinite(u.std) else None, fmt=marker, color=colour, ms=5,
+                        elinewidth=0.6, capsize=1.2, ecolor=(*colour[:3], 0.55))
+        ax.set_title("avg over domains" if col == "avg" else col)
+        ax.set_xlabel("acc_pc (%)")
+        ax.set_ylabel("auroc (%)")
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    return save(fig, stem)
+    for ax in axes.ravel()[n:]:
+        ax.remove()
+    _legend(fig, handles, labels, lcols)
+    return fig
+
+
+# --- curves ----------------------------------------------------------------------------------------------------
+
+
+def _series(runs: list[list[dict[str, float]]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std (over runs reaching it) of ``key`` at each recorded x (epoch, or stream fraction)."""
+    by_x: dict[float, list[float]] = {}
+    for h in runs:
+        for i, e in enumerate(h):
+            v = e.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                by_x.setdefault(float(e.get("epoch", i + 1)), []).append(float(v))
+    xs = np.array(sorted(by_x))
+    mean = np.array([np.mean(by_x[x]) for x in xs])
+    std = np.array([np.std(by_x[x], ddof=1) if len(by_x[x]) > 1 else 0.0 for x in xs])
+    return xs, mean, std
+
+
+def _keys(runs: list[list[dict[str, float]]]) -> list[str]:
+    keys = {k for h in runs for e in h for k, v in e.items()
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return sorted(keys, key=lambda k: (k != "loss", k))
+
+
+@_styled
+def curves_figure(histories: dict[str, list[list[dict[str, float]]]], regimes: dict[str, str], title: str) -> Figure:
+    """One small panel per method (mean over its runs at each recorded epoch or stream fraction, shaded ± one
+    std where more than one run reached it): the loss on the left axis, the method's other recorded
+    quantities (stream statistics such as TDA's cache sizes, selected or confident shares) on a right
+    axis of their own. A series of one point is drawn as a marker and named in the panel ("1 point")."""
+    methods = list(histories)
+    stats_keys = sorted({k for runs in histories.values() for k in _keys(runs) if k != "loss"})
+    cmap = plt.get_cmap("tab10")
+    key_colour = {k: cmap((i + 1) % cmap.N) for i, k in enumerate(stats_keys)}
+    n = len(methods)
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    panel_w, panel_h = 2.5, 1.7
+    titles = {m: wrap_label(m, panel_w, FONT) + f"\n{regimes.get(m, '?')}, {len(histories[m])} "
+              f"run{'s' if len(histories[m]) != 1 else ''}" for m in methods}
+    title_h = max(text_height(t) for t in titles.values())
+    width = ncols * (panel_w + (1.05 if stats_keys else 0.6)) + 2 * PAD
+    handles = [Line2D([], [], color="k", marker="o", ms=3)] + [Line2D([], [], color=key_colour[k], marker="o", ms=3,
+                                                                      ls="--") for k in stats_keys]
+    legend_labels = [f"loss ({'left axis; ' if stats_keys else ''}mean ± std over runs)"]
+    legend_labels += [f"{k} (statistics axis)" for k in stats_keys]
+    lcols, legend_h = _legend_layout(legend_labels, width)
+    height = _title_height(title, width) + nrows * (panel_h + title_h + 0.45) + legend_h + 2 * PAD
+    fig = _figure(width, height)
+    _title(fig, title, width)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, m in zip(axes.ravel(), methods):
+        runs = histories[m]
+        keys = _keys(runs)
+        single = []
+        stats_ax = ax.twinx() if "loss" in keys and len(keys) > 1 else ax
+        for key in keys:
+            target = ax if key == "loss" else stats_ax
+            colour = "k" if key == "loss" else key_colour[key]
+            xs, mean, std = _series(runs, key)
+            target.plot(xs, mean, "-" if key == "loss" else "--", marker="o", ms=3, color=colour, lw=1.1)
+            if len(xs) > 1:
+                target.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.15, lw=0)
+            else:
+                single.append(key)
+        ax.set_ylabel("loss" if "loss" in keys else "statistics")
+        if stats_ax is not ax:
+            stats_ax.set_ylabel("statistics")
+            stats_ax.tick_params(labelsize=SMALL)
+        stream = regimes.get(m) in ("online", "episodic")
+        ax.set_xlabel("fraction of the stream" if stream else "epoch")
+        if not stream:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if single:
+            ax.text(0.03, 0.95, wrap(", ".join(single) + ": 1 point", panel_w - 0.2, SMALL), transform=ax.transAxes,
+                    ha="left", va="top", fontsize=SMALL, color="0.25",
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+        ax.grid(alpha=0.3)
+        ax.set_title(titles[m], fontsize=FONT)
+    for ax in axes.ravel()[n:]:
+        ax.remove()
+    _legend(fig, handles, legend_labels, lcols)
+    return fig

@@ -102,7 +102,7 @@ def _ranks_markdown(g: Group, metrics: tuple[str, ...], alpha: float) -> list[st
             lines.append(f"- {m}: n/a (fewer than two methods share a finished block)")
             continue
         f = r.result
-        friedman = (f"Friedman chi2 = {fmt_num(f.statistic)}, p = {fmt_p(f.pvalue)}" if len(r.methods) >= 3
+        friedman = (f"Friedman chi2 = {fmt_p(f.statistic)}, p = {fmt_p(f.pvalue)}" if len(r.methods) >= 3
                     else "Friedman n/a (needs 3 or more methods)")
         lines.append(f"- {m}: N = {f.n_blocks} blocks, k = {len(r.methods)} methods; {friedman}; "
                      f"Nemenyi CD (alpha = {alpha:g}) = {fmt_num(f.cd)}")
@@ -160,6 +160,8 @@ def leaderboard_markdown(groups: list[Group], df: pd.DataFrame, metrics: tuple[s
              "domain.",
              f"- {MARK_BETTER} / {MARK_WORSE}: significantly better / worse than the baseline `{baseline}` (paired "
              f"Wilcoxon signed-rank test over (domain, seed) pairs, Holm-corrected across methods, p < {alpha:g}).",
+             "- p-values and test statistics: two significant digits (scientific notation below 1e-4, e.g. "
+             "1.2e-05); mean differences, average ranks and the critical difference: two decimals.",
              ""]
     for g in groups:
         lines += [f"## {g.title}", "",
@@ -215,9 +217,38 @@ def group_tables(g: Group, metrics: tuple[str, ...], alpha: float) -> tuple[str,
     return ("\n".join(md).rstrip("\n") + "\n", "\n".join(tex).rstrip("\n") + "\n", csv_text(pd.DataFrame(rows)))
 
 
+def _figure_caption(kind: str, metric: str, baseline: str, alpha: float) -> str:
+    """What a figure shows and one sentence on how to read it."""
+    better = "left of" if not higher_is_better(metric) else "right of"
+    captions = {
+        "diff": (f"**Difference to `{baseline}` on `{metric}`**: each method's mean difference over the (domain, seed) "
+                 f"pairs with its 95% paired t interval, best first; marker and colour give the regime, a filled "
+                 f"marker a Holm-adjusted paired Wilcoxon p < {alpha:g} (the tables' {MARK_BETTER} / {MARK_WORSE}). "
+                 f"How to read: a method helps where its interval lies {better} the zero line, and the gain is "
+                 f"significant where its marker is filled."),
+        "heatmap": (f"**Difference to `{baseline}` per domain** (mean over seeds; `all`: over every pair), one panel "
+                    f"per metric. How to read: follow a row across the domains to see where a method gains (blue) "
+                    f"or loses (red), in the points printed in each cell."),
+        "bars": ("**Scores**: per method the average over domains (bar, mean ± std over seeds; colour: regime) and "
+                 "each domain's mean (markers). How to read: compare bar lengths between methods, and the spread of "
+                 "a row's markers for how much a method varies across domains."),
+        "cd": (f"**Critical-difference diagram of `{metric}`** (Friedman ranks, Nemenyi). How to read: methods "
+               f"further left rank better on average, and methods joined by a thick bar do not differ "
+               f"significantly (their average ranks differ by less than CD)."),
+        "tradeoff": ("**Known-class accuracy against AUROC**, one panel per domain and the average; error bars: std "
+                     "over seeds. How to read: points above and right of the dashed lines (the baseline) improve "
+                     "both accuracy and AUROC; points in the other quadrants trade one for the other."),
+        "curves": ("**Training curves**, one panel per method, mean ± std over runs. How to read: the loss (left "
+                   "axis) and the recorded stream statistics (right axis) against the epoch or the fraction of the "
+                   "stream seen; a series of one point is a single marker labelled \"1 point\"."),
+    }
+    return captions.get(kind, kind)
+
+
 def report_markdown(groups: list[Group], out: Path, tables: dict[str, list[Path]], figures: dict[str, list[Path]],
-                    metrics: tuple[str, ...], baseline: str) -> str:
-    """``report.md``: links to the leaderboard, tables and figures, and each group's best methods."""
+                    metrics: tuple[str, ...], baseline: str, alpha: float = DEFAULT_ALPHA) -> str:
+    """``report.md``: links to the leaderboard, tables and figures (each with a sentence on how to read it),
+    and each group's best methods."""
     def rel(p: Path) -> str:
         return p.relative_to(out).as_posix()
 
@@ -226,10 +257,6 @@ def report_markdown(groups: list[Group], out: Path, tables: dict[str, list[Path]
              "", "- [Leaderboard](leaderboard.md): all tables, significance tests, ranks, failed and missing runs",
              "- [leaderboard.csv](leaderboard.csv): one row per method x data set x setting (mean and std over seeds)",
              ""]
-    captions = {"bars": "Mean ± std over seeds per domain and average",
-                "cd": "Critical-difference diagram (Nemenyi): methods joined by a bar do not differ significantly",
-                "tradeoff": "Known-class accuracy against AUROC per method and domain",
-                "curves": "Training curves (mean ± std over runs) per epoch"}
     for g in groups:
         lines += [f"## {g.title}", ""]
         files = tables.get(g.slug, [])
@@ -243,6 +270,8 @@ def report_markdown(groups: list[Group], out: Path, tables: dict[str, list[Path]
         lines.append("")
         for png in [p for p in figures.get(g.slug, []) if p.suffix == ".png"]:
             kind = png.stem.split("_", 1)[0]
+            metric = png.stem.removeprefix(f"{kind}_{g.slug}").lstrip("_") or metrics[0]
             pdf = png.with_suffix(".pdf")
-            lines += [f"{captions.get(kind, kind)} ([PDF]({rel(pdf)})):", "", f"![{kind}]({rel(png)})", ""]
+            lines += [f"{_figure_caption(kind, metric, g.baseline or baseline, alpha)} ([PDF]({rel(pdf)}))", "",
+                      f"![{kind}]({rel(png)})", ""]
     return "\n".join(lines).rstrip("\n") + "\n"

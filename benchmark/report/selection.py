@@ -33,6 +33,7 @@ import numpy as np
 from benchmark.core.hparams import format_departures
 from benchmark.core.metrics import LABEL_FREE
 from benchmark.report.frame import higher_is_better, record_metrics
+from benchmark.report.stats import TIE_DECIMALS
 
 RULES = ("fixed", "validation_domain", "unsupervised", "oracle")
 DEFAULT_RULE = "fixed"
@@ -134,7 +135,9 @@ def _best(candidates: dict[str, list[dict]], metric: str, score: str | None, hig
         if not values:
             continue
         mean = float(np.mean(values))
-        if best is None or (mean > best[1] if higher else mean < best[1]):
+        # means equal to TIE_DECIMALS decimals tie (last-bit noise must not decide), and ties go to the first point
+        if best is None or (round(mean, TIE_DECIMALS) > round(best[1], TIE_DECIMALS) if higher
+                            else round(mean, TIE_DECIMALS) < round(best[1], TIE_DECIMALS)):
             best = (point, mean)
     return best
 

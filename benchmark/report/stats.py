@@ -23,6 +23,13 @@ _NAN = float("nan")
 EXACT_MAX_N = 200
 """Up to this many nonzero differences the Wilcoxon null distribution is computed exactly."""
 
+TIE_DECIMALS = 9
+"""Differences and scores (in percent points) are compared after rounding to this many decimals: two
+values closer than 1e-9 points are a tie, and a difference that small is zero. Metrics computed in
+different orders (``acc`` and ``acc_pc`` on balanced classes) or on another machine differ in their
+last bits; without this, such noise would break ties, turn zero differences into signs, and move
+the Wilcoxon and Friedman results."""
+
 BOOTSTRAP_METRICS = ("acc", "acc_pc", "auroc", "hm_accpc_auroc")
 """Metrics :func:`bootstrap_metrics` resamples (vectorised over resamples)."""
 
@@ -49,10 +56,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 def paired_tests(a: Sequence[float], b: Sequence[float]) -> PairedResult:
     """Paired Wilcoxon signed-rank test and paired t-test of ``a`` against ``b`` (two-sided).
 
-    With ``d_i = a_i - b_i``: Wilcoxon as in :func:`wilcoxon_signed_rank`. The t-test uses
-    ``t = mean(d) / (std(d, ddof=1) / sqrt(n))`` with ``n - 1`` degrees of freedom. A p-value is
-    ``nan`` when all differences are zero (both tests), or with fewer than 2 pairs or zero variance
-    of ``d`` (t-test).
+    With ``d_i = a_i - b_i`` rounded to :data:`TIE_DECIMALS` decimals: Wilcoxon as in
+    :func:`wilcoxon_signed_rank`. The t-test uses ``t = mean(d) / (std(d, ddof=1) / sqrt(n))`` with
+    ``n - 1`` degrees of freedom. A p-value is ``nan`` when all differences are zero (both tests), or
+    with fewer than 2 pairs or zero variance of ``d`` (t-test). ``mean_diff`` is the mean of the
+    unrounded differences.
     """
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
@@ -62,12 +70,31 @@ def paired_tests(a: Sequence[float], b: Sequence[float]) -> PairedResult:
     n = int(d.size)
     if n == 0:
         return PairedResult(0, _NAN, _NAN, _NAN)
+    dr = np.round(d, TIE_DECIMALS)
     p_t = _NAN
-    if n >= 2 and float(d.std(ddof=1)) > 0:
+    if n >= 2 and float(dr.std(ddof=1)) > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            p_t = float(stats.ttest_rel(x, y, alternative="two-sided").pvalue)
-    return PairedResult(n, float(d.mean()), wilcoxon_signed_rank(d), p_t)
+            p_t = float(stats.ttest_1samp(dr, 0.0, alternative="two-sided").pvalue)
+    return PairedResult(n, float(d.mean()), wilcoxon_signed_rank(dr), p_t)
+
+
+def paired_t_interval(d: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The paired t interval of the mean difference: ``mean(d) -+ t_{(1+level)/2, n-1} std(d, ddof=1) / sqrt(n)``.
+
+    Zero width when every difference is equal (all zero: a method equal to the baseline);
+    ``(nan, nan)`` with fewer than 2 differences.
+    """
+    x = np.asarray(d, dtype=np.float64)
+    n = x.size
+    if n < 2:
+        return _NAN, _NAN
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1))
+    if sd == 0:
+        return mean, mean
+    half = float(stats.t.ppf((1.0 + level) / 2.0, n - 1)) * sd / math.sqrt(n)
+    return mean - half, mean + half
 
 
 def wilcoxon_signed_rank(d: Sequence[float]) -> float:
@@ -79,9 +106,10 @@ def wilcoxon_signed_rank(d: Sequence[float]) -> float:
     differences: ``p = min(1, 2 min(P(W+ <= w), P(W+ >= w)))``. Beyond that, the normal
     approximation ``z = (W+ - n(n+1)/4) / sqrt(n(n+1)(2n+1)/24 - sum(t^3 - t)/48)`` (``t``: tie
     sizes) without continuity correction. This equals scipy's exact test without ties and its
-    permutation test with ties. ``nan`` when every difference is zero.
+    permutation test with ties. ``nan`` when every difference is zero. The differences are first
+    rounded to :data:`TIE_DECIMALS` decimals, so last-bit noise neither breaks a tie nor signs a zero.
     """
-    x = np.asarray(d, dtype=np.float64)
+    x = np.round(np.asarray(d, dtype=np.float64), TIE_DECIMALS)
     x = x[x != 0]
     n = x.size
     if n == 0:
@@ -123,8 +151,9 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 
 def rank_rows(scores: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
-    """Rank the ``k`` methods (columns) within each of the ``N`` blocks (rows): 1 = best, ties averaged."""
-    s = np.asarray(scores, dtype=np.float64)
+    """Rank the ``k`` methods (columns) within each of the ``N`` blocks (rows): 1 = best, ties averaged;
+    scores equal to :data:`TIE_DECIMALS` decimals tie."""
+    s = np.round(np.asarray(scores, dtype=np.float64), TIE_DECIMALS)
     return stats.rankdata(-s if higher_is_better else s, axis=1, method="average")
 
 
@@ -143,7 +172,8 @@ def friedman(scores: np.ndarray, higher_is_better: bool = True, alpha: float = 0
     """Friedman test on an ``N x k`` matrix (blocks x methods) with average ranks and Nemenyi's CD.
 
     ``chi2_F = 12 N / (k (k + 1)) * (sum_j R_j^2 - k (k + 1)^2 / 4)`` with ``R_j`` the average rank,
-    corrected for ties (scipy's ``friedmanchisquare``), ``k - 1`` degrees of freedom. Needs
+    corrected for ties (scipy's ``friedmanchisquare``), ``k - 1`` degrees of freedom; scores equal to
+    :data:`TIE_DECIMALS` decimals tie. Needs
     ``k >= 3`` and ``N >= 2`` and not every block fully tied; otherwise statistic and p are ``nan``.
     The CD (:func:`nemenyi_cd`) is given whenever ``k >= 2`` and ``N >= 1``.
     """
@@ -157,7 +187,7 @@ def friedman(scores: np.ndarray, higher_is_better: bool = True, alpha: float = 0
     if k >= 3 and n >= 2 and np.any(ranks != ranks[:, :1]):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            res = stats.friedmanchisquare(*s.T)
+            res = stats.friedmanchisquare(*np.round(s, TIE_DECIMALS).T)
         stat, p = float(res.statistic), float(res.pvalue)
     cd = nemenyi_cd(k, n, alpha) if k >= 2 else _NAN
     return FriedmanResult(ranks.mean(axis=0).tolist(), n, stat, p, cd)

@@ -61,16 +61,35 @@ def fmt_ci(ci: tuple[float, float] | None) -> str:
     return f"[{ci[0]:.1f}, {ci[1]:.1f}]"
 
 
-def fmt_p(p: float) -> str:
-    """A p-value with three significant digits (``<1e-4`` below that), ``n/a`` when undefined."""
-    if p is None or not math.isfinite(p):
+def fmt_sig(x: float, digits: int = 2) -> str:
+    """``x`` to ``digits`` significant digits, ``n/a`` when undefined.
+
+    Positional notation from 1e-4 up (``0.0055``, ``0.00017``, ``0.010``, ``0.50``, ``1.0``, ``8.4``,
+    ``20``, ``150``), scientific below (``1.2e-05``); trailing zeros kept, so every printed value
+    shows its ``digits`` digits. Python's correctly rounded formatting: a value that is not within
+    a few units in the last place of a rounding boundary prints the same on every machine.
+    """
+    if x is None or not math.isfinite(x):
         return "n/a"
-    return "<1e-4" if p < 1e-4 else f"{p:.3g}"
+    if x == 0:
+        return "0"
+    if abs(x) >= 10**digits:
+        return f"{round(x, digits - 1 - math.floor(math.log10(abs(x)))):.0f}"
+    return f"{x:#.{digits}g}".rstrip(".")
 
 
-def fmt_num(x: float, digits: int = 2) -> str:
-    """A number with fixed decimals, ``n/a`` when undefined."""
-    return f"{x:.{digits}f}" if x is not None and math.isfinite(x) else "n/a"
+def fmt_p(p: float) -> str:
+    """A p-value (or a test statistic) with two significant digits (:func:`fmt_sig`), ``n/a`` when undefined."""
+    return fmt_sig(p, 2)
+
+
+def fmt_num(x: float, digits: int = 2, sign: bool = False) -> str:
+    """A number with fixed decimals (``sign``: with its sign, ``+0.56``), ``n/a`` when undefined. A value
+    that rounds to zero prints unsigned (``0.00``), so last-bit noise around zero cannot flip its sign."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    text = f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+    return text.lstrip("+-") if float(text) == 0 else text
 
 
 def mark_best(grid: dict[str, dict[str, Cell]], columns: list[str], higher_is_better: bool) -> None:
