@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Benchmark unsupervised CLIP adaptation methods: ``python run_bench.py --methods ueo tent``."""
+
 import gc
 import os
 import signal
@@ -16,7 +17,7 @@ if __name__ == "__main__":
     for _sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_sig, _stopped_while_starting)
 
-from benchmark.cli import main  # after the handlers: importing torch takes seconds
+from benchmark.cli import main  # noqa: E402  (after the handlers: importing torch takes seconds)
 
 if __name__ == "__main__":
     code = main()

@@ -7,6 +7,7 @@ The stable import path for method authors (a ``--plugins`` file or a new ``metho
 The names below are loaded on first use, so that importing a leaf such as ``benchmark.report``
 pulls in no torch.
 """
+
 from __future__ import annotations
 
 import importlib

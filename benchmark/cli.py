@@ -9,6 +9,7 @@ stopped because no later run could succeed: no space left), 2 on bad arguments (
 SIGINT / SIGTERM. The last stdout line is the machine-readable tally ``N runs: X ran, Y reused
 complete records, Z failed``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -192,14 +193,17 @@ def _print_plan(specs: list, out: Path, not_applicable: list[str], show_hparams:
     from benchmark.core.hparams import format_departures, format_value
     from benchmark.core.records import is_complete
 
-    print(f"{'#':>5}  {'hash':<16}  {'method':<21} {'dataset/domain':<26} {'setting':<7} {'seed':>4}  "
-          f"{'model':<16} state")
+    print(
+        f"{'#':>5}  {'hash':<16}  {'method':<21} {'dataset/domain':<26} {'setting':<7} {'seed':>4}  {'model':<16} state"
+    )
     done = 0
     for i, s in enumerate(specs, 1):
         complete = is_complete(out / "runs" / s.hash)
         done += complete
-        print(f"{i:>5}  {s.hash:<16}  {s.method:<21} {s.dataset + '/' + s.domain:<26} {s.setting:<7} {s.seed:>4}  "
-              f"{s.model:<16} {'complete' if complete else 'to run'}")
+        print(
+            f"{i:>5}  {s.hash:<16}  {s.method:<21} {s.dataset + '/' + s.domain:<26} {s.setting:<7} {s.seed:>4}  "
+            f"{s.model:<16} {'complete' if complete else 'to run'}"
+        )
         if show_hparams:
             print("       hparams: " + " ".join(f"{k}={format_value(v)}" for k, v in sorted(s.hparams.items())))
             print("       departures: " + (format_departures(s.departures).replace(", ", " ") or "none"))
@@ -227,8 +231,10 @@ def check_out(out: Path, create: bool = True) -> None:
     except FileExistsError:
         raise UsageError(f"--out {out} is not a folder (a file of that name exists)") from None
     except OSError as err:
-        raise UsageError(f"--out {out} cannot be used: {err.strerror or err}"
-                         f"{f' ({err.filename})' if err.filename and str(err.filename) != str(out) else ''}") from None
+        raise UsageError(
+            f"--out {out} cannot be used: {err.strerror or err}"
+            f"{f' ({err.filename})' if err.filename and str(err.filename) != str(out) else ''}"
+        ) from None
 
 
 def _run(args: argparse.Namespace, progress: dict) -> int:
@@ -258,11 +264,11 @@ def _print_left_out(problems: list[str]) -> None:
 def _sweep(args: argparse.Namespace, out: Path, report_options: dict, progress: dict) -> int:
     """Build the sweep, check what it needs, run it and report."""
     from benchmark.adapt.adapter import HyperParameterError
+    from benchmark.data.fingerprint import forget
     from benchmark.model.clip import ModelError, resolve_pretrained
     from benchmark.registry import LAUNCHERS, method_names
     from benchmark.report.build import write_report
     from benchmark.run.preflight import preflight
-    from benchmark.data.fingerprint import forget
     from benchmark.run.sweep import SweepError, SweepRequest, build_sweep, parse_cfg_options
 
     forget()  # data may have changed since an earlier sweep of this process
@@ -282,12 +288,23 @@ def _sweep(args: argparse.Namespace, out: Path, report_options: dict, progress: 
         overrides = parse_cfg_options(args.cfg_options)
         for model, pretrained in _backbones(args):
             resolve_pretrained(model, pretrained)
-            specs += build_sweep(SweepRequest(
-                methods=args.methods or method_names(), datasets=args.datasets, seeds=args.seeds,
-                model=model, pretrained=pretrained, protocol=args.protocol, domains=args.domains,
-                settings=args.settings, overrides=overrides, with_validation=args.selection == "validation_domain",
-                grids=args.grids, device=args.device,
-            ), not_applicable)
+            specs += build_sweep(
+                SweepRequest(
+                    methods=args.methods or method_names(),
+                    datasets=args.datasets,
+                    seeds=args.seeds,
+                    model=model,
+                    pretrained=pretrained,
+                    protocol=args.protocol,
+                    domains=args.domains,
+                    settings=args.settings,
+                    overrides=overrides,
+                    with_validation=args.selection == "validation_domain",
+                    grids=args.grids,
+                    device=args.device,
+                ),
+                not_applicable,
+            )
     except (SweepError, HyperParameterError, ModelError, KeyError) as err:
         raise UsageError(err.args[0] if err.args else str(err)) from err
     problems = preflight(specs, args.data_root, load_weights=not args.dry_run)
@@ -297,8 +314,9 @@ def _sweep(args: argparse.Namespace, out: Path, report_options: dict, progress: 
             print(f"pre-flight: {line}", file=sys.stderr)
         return 0
     if problems:
-        raise UsageError("pre-flight found what the sweep needs and cannot have; nothing was run:\n  "
-                         + "\n  ".join(problems))
+        raise UsageError(
+            "pre-flight found what the sweep needs and cannot have; nothing was run:\n  " + "\n  ".join(problems)
+        )
     if not specs:
         raise UsageError("nothing to run: " + "; ".join(not_applicable or ["the sweep is empty"]))
     for line in not_applicable:
@@ -317,8 +335,11 @@ def _sweep(args: argparse.Namespace, out: Path, report_options: dict, progress: 
     failed = [r for r in records if r.get("status") not in ("done", "busy")]
     for r in failed:
         s = r["spec"]
-        print(f"  failed: {s['method']} {s['dataset']}/{s['domain']}/{s['setting']} seed {s['seed']}: {r.get('error')}"
-              f" (record: {out}/runs/{r['hash']}/result.json)", file=sys.stderr)
+        print(
+            f"  failed: {s['method']} {s['dataset']}/{s['domain']}/{s['setting']} seed {s['seed']}: {r.get('error')}"
+            f" (record: {out}/runs/{r['hash']}/result.json)",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 
@@ -335,8 +356,10 @@ def summarize(records: list[dict], out: Path) -> str:
     ran = len(records) - failed - busy - reused
     busy_text = f", {busy} busy in another process" if busy else ""
     redone_text = f", {redone} of the ran replaced a stale or broken record" if redone else ""
-    return (f"{len(records)} runs: {ran} ran, {reused} reused complete records, {failed} failed{busy_text}{redone_text}. "
-            f"Records and tables under {out}/")
+    return (
+        f"{len(records)} runs: {ran} ran, {reused} reused complete records, {failed} failed{busy_text}{redone_text}. "
+        f"Records and tables under {out}/"
+    )
 
 
 def main_exit() -> None:

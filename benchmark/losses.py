@@ -1,5 +1,6 @@
 """Old import path of the shared losses (``benchmark.adapt.losses``), kept so that method files
 written against the README before the package was grouped by layer keep working."""
+
 import warnings
 
 from benchmark.adapt.losses import *  # noqa: F401,F403

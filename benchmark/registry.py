@@ -4,6 +4,7 @@
 - ``DATASETS``: data set specs, one per folder of ``datasets/`` (registered from data, not code).
 - ``LAUNCHERS``: how a sweep's runs are executed.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -43,8 +44,11 @@ def _where(err: BaseException, path: Path | None) -> str:
     """`` (line N)`` of the plugin's own frame nearest the error, when there is one."""
     if isinstance(err, SyntaxError) and err.lineno:
         return f" (line {err.lineno})"
-    frames = [f for f in traceback.extract_tb(err.__traceback__)
-              if path is not None and Path(f.filename).resolve() == path.resolve()]
+    frames = [
+        f
+        for f in traceback.extract_tb(err.__traceback__)
+        if path is not None and Path(f.filename).resolve() == path.resolve()
+    ]
     return f" (line {frames[-1].lineno})" if frames else ""
 
 
@@ -76,7 +80,9 @@ def load_plugins(paths: list[str]) -> None:
                 raise PluginError(f"plugin {path}: {err}") from None
             except Exception as err:
                 sys.modules.pop(name, None)
-                raise PluginError(f"plugin {path} failed to import: {type(err).__name__}: {err}{_where(err, path)}") from None
+                raise PluginError(
+                    f"plugin {path} failed to import: {type(err).__name__}: {err}{_where(err, path)}"
+                ) from None
         else:
             try:
                 importlib.import_module(p)

@@ -7,6 +7,7 @@ reused: no records, no feature cache), timed from start to exit. Reports the med
 range of the wall time, and from the records the median seconds per run of each method and its
 images per second (adapted plus evaluated images over the run's time).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,12 +53,17 @@ def main() -> int:
             walls.append(wall)
             for rec in records:
                 t = rec["timings"]["total"]
-                images = rec["data"]["n_test"] + (rec["data"]["n_adapt"] * rec["spec"]["hparams"].get("epochs", 1)
-                                                  if rec.get("regime") == "transductive" else 0)
+                images = rec["data"]["n_test"] + (
+                    rec["data"]["n_adapt"] * rec["spec"]["hparams"].get("epochs", 1)
+                    if rec.get("regime") == "transductive"
+                    else 0
+                )
                 per_method[rec["spec"]["method"]].append((t, images / t))
             print(f"{name} run {i + 1}: {wall:.1f} s wall, {len(records)} runs", flush=True)
-        print(f"\n{name}: median {statistics.median(walls):.1f} s wall (min {min(walls):.1f}, max {max(walls):.1f}, "
-              f"{len(walls)} runs of `python run_bench.py {' '.join(extra)}`)")
+        print(
+            f"\n{name}: median {statistics.median(walls):.1f} s wall (min {min(walls):.1f}, max {max(walls):.1f}, "
+            f"{len(walls)} runs of `python run_bench.py {' '.join(extra)}`)"
+        )
         print("| method | s per run (median) | images/s (median) |\n|---|---|---|")
         for method, values in sorted(per_method.items()):
             secs = statistics.median(v[0] for v in values)

@@ -15,6 +15,7 @@ disk it is bound by disk speed instead (150 KB per 224 px image).
 
     python benchmarks/data_speed.py [--images 2000] [--size 300] [--resolution 224] [--dir DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmark.adapt.unlabeled import UnlabeledData  # noqa: E402
 from benchmark.data import get_spec, load_split  # noqa: E402
 from benchmark.data.images import default_threads  # noqa: E402
-from benchmark.adapt.unlabeled import UnlabeledData  # noqa: E402
 
 BATCH = 64
 
@@ -118,12 +119,23 @@ def main(argv: list[str] | None = None) -> int:
         cache = data_root / "speed-cache"
         shutil.rmtree(cache, ignore_errors=True)
         threads = args.threads or default_threads()
-        print(f"{len(paths)} JPEGs of {args.size}x{args.size} in {data_root}; full pass at {args.resolution} px, "
-              f"{threads} decoding threads")
+        print(
+            f"{len(paths)} JPEGs of {args.size}x{args.size} in {data_root}; full pass at {args.resolution} px, "
+            f"{threads} decoding threads"
+        )
 
         def load(cached: bool) -> Callable[[], torch.Tensor]:
-            return lambda: load_split("office_home", "Art", "cda", data_root=data_root, resolution=args.resolution,
-                                      threads=threads, cache=cache if cached else False).test.images
+            return lambda: (
+                load_split(
+                    "office_home",
+                    "Art",
+                    "cda",
+                    data_root=data_root,
+                    resolution=args.resolution,
+                    threads=threads,
+                    cache=cache if cached else False,
+                ).test.images
+            )
 
         uncached, n = timed("uncached (decode + resize every file)", load(False), full_pass)
         building, _ = timed("first cached pass (decode + write)", load(True), full_pass)
@@ -131,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         print("for context, model-side work on the cached images (on the GPU in real runs):")
         timed("cached pass as float [0, 1] on the CPU", load(True), float_pass)
         timed("cached pass + weak augmentation, CPU", load(True), augmented_pass)
-        print(f"cached pass: {uncached / cached:.1f}x the images per second of the uncached pass "
-              f"({n / uncached:.0f} -> {n / cached:.0f} img/s); the first cached pass costs "
-              f"{building / uncached:.2f}x an uncached one; cache on disk "
-              f"{sum(p.stat().st_size for p in cache.glob('*.u8')) / 2**20:.0f} MiB")
+        print(
+            f"cached pass: {uncached / cached:.1f}x the images per second of the uncached pass "
+            f"({n / uncached:.0f} -> {n / cached:.0f} img/s); the first cached pass costs "
+            f"{building / uncached:.2f}x an uncached one; cache on disk "
+            f"{sum(p.stat().st_size for p in cache.glob('*.u8')) / 2**20:.0f} MiB"
+        )
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)

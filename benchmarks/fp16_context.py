@@ -12,6 +12,7 @@ Reports, for fp32 and the emulated official fp16: the share of context entries w
 is below half an fp16 step (it rounds away), the share changed after the first step and after
 training, the relative change of the context, and acc_pc / AUROC (msp_cos) on the test set.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,12 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmark.adapt.unlabeled import UnlabeledData  # noqa: E402
 from benchmark.data import load_split  # noqa: E402
-from benchmark.run.evaluate import fit_thresholds, predict_set, score_predictions  # noqa: E402
 from benchmark.model.clip import ClipClassifier, load_clip  # noqa: E402
 from benchmark.model.precision import to_fp16_weights  # noqa: E402
 from benchmark.registry import get_method  # noqa: E402
-from benchmark.adapt.unlabeled import UnlabeledData  # noqa: E402
+from benchmark.run.evaluate import fit_thresholds, predict_set, score_predictions  # noqa: E402
 
 
 def half_ulp(x: torch.Tensor) -> torch.Tensor:
@@ -45,8 +46,12 @@ def run(split, fp16: bool, epochs: int, lr: float, seed: int) -> dict:
     ueo = get_method("ueo")(model, {"epochs": epochs, "lr": lr, "precision": "fp32"}, seed=seed)
     ctx = model.prompt.ctx
     start = ctx.detach().float().clone()
-    data = UnlabeledData(split.adapt.images, seed=seed, full=split.adapt.images,
-                         sizes=torch.full((len(split.adapt.images), 2), split.adapt.images.shape[-1]))
+    data = UnlabeledData(
+        split.adapt.images,
+        seed=seed,
+        full=split.adapt.images,
+        sizes=torch.full((len(split.adapt.images), 2), split.adapt.images.shape[-1]),
+    )
     ueo.before_adapt(data)
     batch = next(data.batches(64, shuffle=True, views=ueo.views(), generator=torch.Generator().manual_seed(seed)))
     loss = ueo.loss(batch)
@@ -61,10 +66,14 @@ def run(split, fp16: bool, epochs: int, lr: float, seed: int) -> dict:
     preds = predict_set(ueo, split.test.images, seed=seed).result()
     adapt = predict_set(ueo, split.adapt.images, seed=seed).result()
     metrics = score_predictions(preds, split.test.labels, split.num_known, fit_thresholds(adapt))
-    return {"below_half_ulp": below, "changed_first_step": first,
-            "changed_after": float((moved != start).float().mean()),
-            "relative_change": float((moved - start).norm() / start.norm()),
-            "acc_pc": metrics["acc_pc"], "auroc": metrics["scores"]["msp_cos"]["auroc"]}
+    return {
+        "below_half_ulp": below,
+        "changed_first_step": first,
+        "changed_after": float((moved != start).float().mean()),
+        "relative_change": float((moved - start).norm() / start.norm()),
+        "acc_pc": metrics["acc_pc"],
+        "auroc": metrics["scores"]["msp_cos"]["auroc"],
+    }
 
 
 def main() -> int:
@@ -77,12 +86,16 @@ def main() -> int:
     split = load_split("synthetic", args.domain, "oda", resolution=32)
     rows = {name: run(split, fp16, args.epochs, args.lr, args.seed) for name, fp16 in (("fp32", False), ("fp16", True))}
     print(f"UEO on synthetic/{args.domain}/oda, lr {args.lr:g}, {args.epochs} epochs, seed {args.seed}")
-    print("| context | first update < half an fp16 step | changed after step 1 | changed after training "
-          "| relative change | acc_pc | auroc |")
+    print(
+        "| context | first update < half an fp16 step | changed after step 1 | changed after training "
+        "| relative change | acc_pc | auroc |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {100 * r['below_half_ulp']:.1f}% | {100 * r['changed_first_step']:.1f}% | "
-              f"{100 * r['changed_after']:.1f}% | {r['relative_change']:.2e} | {r['acc_pc']:.2f} | {r['auroc']:.2f} |")
+        print(
+            f"| {name} | {100 * r['below_half_ulp']:.1f}% | {100 * r['changed_first_step']:.1f}% | "
+            f"{100 * r['changed_after']:.1f}% | {r['relative_change']:.2e} | {r['acc_pc']:.2f} | {r['auroc']:.2f} |"
+        )
     return 0
 
 

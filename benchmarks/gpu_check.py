@@ -15,6 +15,7 @@ Measures, with nothing downloaded (ViT-B-16 from random initialisation):
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmark.model.clip import ClipClassifier, load_clip  # noqa: E402
 from benchmark.core.records import load_records  # noqa: E402
+from benchmark.model.clip import ClipClassifier, load_clip  # noqa: E402
 from benchmark.registry import get_method  # noqa: E402
 
 CLASSES = [f"class {i}" for i in range(65)]
@@ -98,8 +99,20 @@ def embedded_metrics(device: str, seeds: list[int], out: Path, precisions: list[
         run_out = out / f"embedded_{precision}"
         methods = ["zero_shot", "ueo", "must"]
         options = [f"{m}.precision={precision}" for m in methods]
-        cmd = [sys.executable, str(REPO / "run_bench.py"), "--methods", *methods, "--device", device,
-               "--seeds", *map(str, seeds), "--out", str(run_out), "--cfg-options", *options]
+        cmd = [
+            sys.executable,
+            str(REPO / "run_bench.py"),
+            "--methods",
+            *methods,
+            "--device",
+            device,
+            "--seeds",
+            *map(str, seeds),
+            "--out",
+            str(run_out),
+            "--cfg-options",
+            *options,
+        ]
         status = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if status.returncode != 0:
             results[precision] = {"error": status.stderr[-2000:]}
@@ -108,8 +121,11 @@ def embedded_metrics(device: str, seeds: list[int], out: Path, precisions: list[
         for rec in load_records(run_out):
             key = f"{rec['spec']['method']}/{rec['spec']['domain']}/{rec['spec']['seed']}"
             m = rec["metrics"]["test"]
-            table[key] = {"acc_pc": m["acc_pc"], **{k: m["scores"]["msp_cos"][k] for k in ("auroc", "hm_accpc_auroc")},
-                          "effective": rec["precision"]}
+            table[key] = {
+                "acc_pc": m["acc_pc"],
+                **{k: m["scores"]["msp_cos"][k] for k in ("auroc", "hm_accpc_auroc")},
+                "effective": rec["precision"],
+            }
         results[precision] = table
     base = results.get("fp32", {})
     diffs: dict = {}
@@ -122,20 +138,34 @@ def embedded_metrics(device: str, seeds: list[int], out: Path, precisions: list[
                 if key in base:
                     per_method.setdefault(key.split("/")[0], []).append(row[metric] - base[key][metric])
             diffs[f"{precision}-fp32/{metric}"] = {
-                m: {"mean": sum(v) / len(v), "max_abs": max(abs(x) for x in v), "n": len(v)} for m, v in per_method.items()}
+                m: {"mean": sum(v) / len(v), "max_abs": max(abs(x) for x in v), "n": len(v)}
+                for m, v in per_method.items()
+            }
     return {"runs": results, "differences": diffs}
 
 
 def markdown(report: dict) -> str:
-    lines = ["# GPU check", "", f"Device: {report['device_name']}; torch {report['torch']}.", "",
-             "| method | precision | effective | batch | train img/s | eval img/s | peak MiB | note |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# GPU check",
+        "",
+        f"Device: {report['device_name']}; torch {report['torch']}.",
+        "",
+        "| method | precision | effective | batch | train img/s | eval img/s | peak MiB | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["throughput"]:
         fmt = lambda v: f"{v:.0f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
-        lines.append(f"| {r['method']} | {r['precision']} | {r['effective']} | {r['batch']} | {fmt(r.get('train_img_s'))} "
-                     f"| {fmt(r.get('eval_img_s'))} | {fmt(r.get('peak_mib'))} | {r.get('error', '')} |")
-    lines += ["", "Embedded benchmark, differences from fp32 (points; mean and max |diff| over domains x seeds):", "",
-              "| comparison | method | mean | max abs | n |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['method']} | {r['precision']} | {r['effective']} | {r['batch']} | {fmt(r.get('train_img_s'))} "
+            f"| {fmt(r.get('eval_img_s'))} | {fmt(r.get('peak_mib'))} | {r.get('error', '')} |"
+        )
+    lines += [
+        "",
+        "Embedded benchmark, differences from fp32 (points; mean and max |diff| over domains x seeds):",
+        "",
+        "| comparison | method | mean | max abs | n |",
+        "|---|---|---|---|---|",
+    ]
     for key, per_method in report["embedded"]["differences"].items():
         for method, d in per_method.items():
             lines.append(f"| {key} | {method} | {d['mean']:+.2f} | {d['max_abs']:.2f} | {d['n']} |")
@@ -156,16 +186,20 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     precisions = ["fp32"] if args.smoke else ["fp32", "bf16", "fp16", "official"]
     steps, batch, must_batch = (1, 2, 4) if args.smoke else (args.steps, 64, 1024)
-    report: dict = {"device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-                    "torch": torch.__version__, "throughput": []}
+    report: dict = {
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "throughput": [],
+    }
     for precision in precisions:
         report["throughput"].append(throughput("ueo", precision, args.device, batch, steps, 224))
         print(json.dumps(report["throughput"][-1]), flush=True)
     report["throughput"].append(throughput("must", "official", args.device, must_batch, max(1, steps // 4), 224))
     print(json.dumps(report["throughput"][-1]), flush=True)
     embedded_precisions = ["fp32"] if args.smoke else ["fp32", "bf16", "official"]
-    report["embedded"] = embedded_metrics(args.device, args.seeds[:1] if args.smoke else args.seeds, args.out,
-                                          embedded_precisions)
+    report["embedded"] = embedded_metrics(
+        args.device, args.seeds[:1] if args.smoke else args.seeds, args.out, embedded_precisions
+    )
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "gpu_check.md").write_text(markdown(report))
     print(markdown(report))

@@ -12,6 +12,7 @@ how many runs flattened, the median change of the fitted line over the second ha
 the range and to the level), and the median number of points. Methods that train nothing
 (zero-shot, TDA) record no loss.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ from benchmark.core.records import load_records  # noqa: E402
 
 def second_half_trend(losses: list[float]) -> tuple[float, float, float]:
     """(fitted change over the second half / range, / mean level, p-value of the slope's t-test)."""
-    half = losses[len(losses) // 2:]
+    half = losses[len(losses) // 2 :]
     n = len(half)
     if n < 2:
         return 0.0, 0.0, 1.0
@@ -59,7 +60,9 @@ def main() -> int:
         if rec.get("status") != "done":
             continue
         rows[rec["spec"]["method"]].append([c["loss"] for c in rec.get("curve") or []])
-    print("| method | runs | flattened | median second-half change (of range / of level) | median p of the trend | points |")
+    print(
+        "| method | runs | flattened | median second-half change (of range / of level) | median p of the trend | points |"
+    )
     print("|---|---|---|---|---|---|")
     for method, curves in sorted(rows.items()):
         curves = [c for c in curves if c]
@@ -68,9 +71,11 @@ def main() -> int:
             continue
         trends = [second_half_trend(c) for c in curves]
         flat = sum(r <= args.tolerance or lv <= 0.01 or pv >= 0.05 for r, lv, pv in trends)
-        print(f"| {method} | {len(curves)} | {flat}/{len(curves)} | {statistics.median(r for r, _, _ in trends):.1%} / "
-              f"{statistics.median(lv for _, lv, _ in trends):.1%} | {statistics.median(pv for _, _, pv in trends):.2f} "
-              f"| {statistics.median(len(c) for c in curves):.0f} |")
+        print(
+            f"| {method} | {len(curves)} | {flat}/{len(curves)} | {statistics.median(r for r, _, _ in trends):.1%} / "
+            f"{statistics.median(lv for _, lv, _ in trends):.1%} | {statistics.median(pv for _, _, pv in trends):.2f} "
+            f"| {statistics.median(len(c) for c in curves):.0f} |"
+        )
     return 0
 
 

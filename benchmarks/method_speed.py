@@ -9,6 +9,7 @@ MUST at batch 8), and the time per image is reported: for transductive methods o
 adaptation plus the prediction of the same images, for online and episodic ones one pass over
 the stream. Nothing is downloaded (ViT-B-16 is randomly initialised).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmark.adapt.unlabeled import UnlabeledData  # noqa: E402
 from benchmark.data import get_spec, load_split  # noqa: E402
-from benchmark.run.evaluate import predict_set  # noqa: E402
 from benchmark.model.clip import TEMPLATE_SETS, ClipClassifier, load_clip  # noqa: E402
 from benchmark.registry import get_method, method_names  # noqa: E402
-from benchmark.adapt.unlabeled import UnlabeledData  # noqa: E402
+from benchmark.run.evaluate import predict_set  # noqa: E402
 
 MODELS = {"embedded": ("clipbench-tiny", "embedded"), "vit": ("ViT-B-16", "none")}
 

@@ -17,6 +17,7 @@ Every method of the family that has a ``views`` hyper-parameter gets ``--views``
 embedded budget's TPT override), so all of them draw the same views. Methods not registered in
 this checkout are left out and named. The goal: ``family`` under twice ``baseline``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,15 +38,23 @@ from benchmark.core.records import load_records  # noqa: E402
 from benchmark.registry import get_method, method_names  # noqa: E402
 
 
-def timed_run(args: list[str], env: dict[str, str] | None = None, out: Path | None = None) -> tuple[float, float, list[dict]]:
+def timed_run(
+    args: list[str], env: dict[str, str] | None = None, out: Path | None = None
+) -> tuple[float, float, list[dict]]:
     """(wall seconds, CPU seconds, records) of one fresh ``run_bench.py`` process."""
     with tempfile.TemporaryDirectory() as tmp:
         out = out or Path(tmp)
         cmd = [sys.executable, str(REPO / "run_bench.py"), "--out", str(out), *args]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        status = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, **(env or {})})
+        status = subprocess.run(
+            cmd,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if status.returncode != 0:
@@ -73,10 +82,19 @@ def main() -> int:
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--skip-uncached", action="store_true", help="do not measure the family without the cache")
-    p.add_argument("--threads", type=int, default=None,
-                   help="OMP_NUM_THREADS of every measured process (default: inherited); 1 is steadier on a busy machine")
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="more hyper-parameters for every measured process (e.g. ctpt.augmix=false)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS of every measured process (default: inherited); 1 is steadier on a busy machine",
+    )
+    p.add_argument(
+        "--cfg-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more hyper-parameters for every measured process (e.g. ctpt.augmix=false)",
+    )
     p.add_argument("extra", nargs="*", help="more run_bench.py arguments (after --)")
     args = p.parse_args()
     if args.threads:
@@ -92,8 +110,11 @@ def main() -> int:
     if options:
         common += ["--cfg-options", *options]
     print(f"family: {' '.join(family)}" + (f" (not registered here, left out: {' '.join(missing)})" if missing else ""))
-    print(f"views: {args.views}; seeds: {' '.join(args.seeds)}; repeats: {args.repeats}; "
-          f"OMP_NUM_THREADS: {os.environ.get('OMP_NUM_THREADS', 'unset')}\n", flush=True)
+    print(
+        f"views: {args.views}; seeds: {' '.join(args.seeds)}; repeats: {args.repeats}; "
+        f"OMP_NUM_THREADS: {os.environ.get('OMP_NUM_THREADS', 'unset')}\n",
+        flush=True,
+    )
     rows: dict[str, list[tuple[float, float]]] = defaultdict(list)
     details: dict[str, tuple[dict, dict]] = {}
     for r in range(args.repeats):
@@ -111,16 +132,22 @@ def main() -> int:
             wall, cpu, records = timed_run(["--methods", *family, *common], env={"CLIPBENCH_FEATURES": feats})
             rows["family, warm disk"].append((wall, cpu))
             details["family, warm disk"] = summary(records)
-            print(f"repeat {r + 1} family, warm disk: {wall:.1f} s wall, {cpu:.1f} s CPU, {len(records)} runs", flush=True)
+            print(
+                f"repeat {r + 1} family, warm disk: {wall:.1f} s wall, {cpu:.1f} s CPU, {len(records)} runs", flush=True
+            )
     base_wall = statistics.median(w for w, _ in rows["baseline"])
     base_cpu = statistics.median(c for _, c in rows["baseline"])
-    print("\n| configuration | wall s (median) | CPU s (median) | x baseline (wall / CPU) | view cache (hits / disk / misses) | s per method (sum of run totals) |")
+    print(
+        "\n| configuration | wall s (median) | CPU s (median) | x baseline (wall / CPU) | view cache (hits / disk / misses) | s per method (sum of run totals) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, values in rows.items():
         wall = statistics.median(w for w, _ in values)
         cpu = statistics.median(c for _, c in values)
         seconds, counts = details[name]
-        cache = f"{counts.get('hits', 0)} / {counts.get('disk_hits', 0)} / {counts.get('misses', 0)}" if counts else "off"
+        cache = (
+            f"{counts.get('hits', 0)} / {counts.get('disk_hits', 0)} / {counts.get('misses', 0)}" if counts else "off"
+        )
         per = ", ".join(f"{m} {s:.1f}" for m, s in seconds.items())
         print(f"| {name} | {wall:.1f} | {cpu:.1f} | {wall / base_wall:.2f} / {cpu / base_cpu:.2f} | {cache} | {per} |")
     fam_cpu = statistics.median(c for _, c in rows["family"])

@@ -19,6 +19,7 @@ line of each value in ``docs/recipes.md``). Everything of TDA (``methods/tda.py`
   capacity is ``pos_shot_capacity + delta`` (3 + 3); the copy is discarded after the image;
 - logits: the image's logits ``+ A_pos`` (from the copy) ``- A_neg``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -98,13 +99,19 @@ class BoostAdapter(Adapter):
 
     def view_augment(self) -> Augment:
         """A random resized crop + flip of the whole image (TPT's views with the default scale and interpolation)."""
-        return Augment("rrc", scale=tuple(self.hp["crop_scale"]), interpolation=self.hp["interpolation"],
-                       mean=self.model.mean.flatten().tolist())
+        return Augment(
+            "rrc",
+            scale=tuple(self.hp["crop_scale"]),
+            interpolation=self.hp["interpolation"],
+            mean=self.model.mean.flatten().tolist(),
+        )
 
     def describe(self) -> dict:
         return {**super().describe(), "views": {"images": self.view_augment().describe(), "count": self.hp["views"]}}
 
-    def image_statistics(self, feats: torch.Tensor, logits: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def image_statistics(
+        self, feats: torch.Tensor, logits: torch.Tensor, keep: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         """One image's feature, logits, entropy and probabilities from its (V, D) features and (V, K) logits."""
         if self.hp["image"] == "confident_mean":
             return confident_statistics(feats, logits, keep)
@@ -139,5 +146,8 @@ class BoostAdapter(Adapter):
 
     def stream_stats(self) -> dict[str, float]:
         """How full the caches are, and the last image's boosted copy."""
-        return {"positive_cache": float(len(self.positive)), "negative_cache": float(len(self.negative)),
-                "boosted_cache": float(self.boosted)}
+        return {
+            "positive_cache": float(len(self.positive)),
+            "negative_cache": float(len(self.negative)),
+            "boosted_cache": float(self.boosted),
+        }

@@ -36,6 +36,7 @@ Logits: the log of the final probability ``(p_text + beta2 p_mem) / (1 + beta2)`
 log-sum-exp of the text logits, so that their softmax is DMN's prediction and ``beta2 = 0`` gives
 exactly CLIP's ``100 cos`` (every OOD score of zero-shot).
 """
+
 from __future__ import annotations
 
 import math
@@ -154,8 +155,12 @@ class DMN(Adapter):
 
     def view_augment(self) -> Augment:
         """A random resized crop (area 0.5-1) + flip of the whole image (DMN's ``get_preaugment``)."""
-        return Augment("rrc", scale=tuple(self.hp["crop_scale"]), interpolation=self.hp["interpolation"],
-                       mean=self.model.mean.flatten().tolist())
+        return Augment(
+            "rrc",
+            scale=tuple(self.hp["crop_scale"]),
+            interpolation=self.hp["interpolation"],
+            mean=self.model.mean.flatten().tolist(),
+        )
 
     def describe(self) -> dict:
         return {**super().describe(), "views": {"images": self.view_augment().describe(), "count": self.hp["views"]}}

@@ -30,6 +30,7 @@ count) lives in this object and ``reset`` restores it. Only the image encoder is
 that state, so ``batch_size`` images (and their views) are encoded at once and the per-image steps
 then run one after the other, in stream order: the result does not depend on ``batch_size``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -62,9 +63,18 @@ def entropy_of(logits: torch.Tensor) -> torch.Tensor:
     return marginal_entropy(logits.view(1, 1, -1))[0]
 
 
-def residual_gradients(x: torch.Tensor, text: torch.Tensor, text_norms: torch.Tensor, keys: torch.Tensor,
-                       key_norms: torch.Tensor, classes: torch.Tensor, alpha: float, beta: float, align: float,
-                       temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def residual_gradients(
+    x: torch.Tensor,
+    text: torch.Tensor,
+    text_norms: torch.Tensor,
+    keys: torch.Tensor,
+    key_norms: torch.Tensor,
+    classes: torch.Tensor,
+    alpha: float,
+    beta: float,
+    align: float,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DPE's loss of one image and its gradients with respect to both residuals at zero, in closed form.
 
     At zero residuals the text features are ``t_k = T_k / |T_k|`` (``text``, (K, D), with
@@ -99,7 +109,9 @@ def residual_gradients(x: torch.Tensor, text: torch.Tensor, text_norms: torch.Te
     return entropy + align * nce, g_text, g_keys
 
 
-def adamw_first_step(grad: torch.Tensor, lr: float, eps: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.Tensor:
+def adamw_first_step(
+    grad: torch.Tensor, lr: float, eps: float, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.Tensor:
     """The parameter after one step of a fresh AdamW from zero, in ``grad``'s type (torch's arithmetic).
 
     torch's ``AdamW.step`` on a zero parameter: the weight decay multiplies zero (no effect),
@@ -239,8 +251,12 @@ class DPE(Adapter):
 
     def view_augment(self) -> Augment:
         hp = self.hp
-        return Augment("augmix" if hp["augmix"] else "rrc", scale=tuple(hp["crop_scale"]),
-                       interpolation=hp["interpolation"], mean=self.model.mean.flatten().tolist())
+        return Augment(
+            "augmix" if hp["augmix"] else "rrc",
+            scale=tuple(hp["crop_scale"]),
+            interpolation=hp["interpolation"],
+            mean=self.model.mean.flatten().tolist(),
+        )
 
     def views(self) -> dict[str, Augment]:
         """The views each image adapts on, as recorded: the augmented ones (none with ``views=1``)."""
@@ -296,8 +312,18 @@ class DPE(Adapter):
         classes = self.queues.classes()
         protos = self.queues.prototypes[classes]
         key_norms = protos.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        loss, g_text, g_keys = residual_gradients(x, text, norms, protos / key_norms, key_norms, classes,
-                                                  hp["alpha"], hp["beta"], hp["align"], hp["temperature"])
+        loss, g_text, g_keys = residual_gradients(
+            x,
+            text,
+            norms,
+            protos / key_norms,
+            key_norms,
+            classes,
+            hp["alpha"],
+            hp["beta"],
+            hp["align"],
+            hp["temperature"],
+        )
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"non-finite loss {loss.item()} in dpe")
         # both residuals start at zero for every image (main_dpe.py:217-218, 228), in the residuals' type

@@ -1,11 +1,12 @@
 """InfoMax (SHOT-IM): UEO's parameters, optimiser and schedule with uniform sample weights."""
+
 from __future__ import annotations
 
 import torch
 
 from benchmark.adapt.losses import infomax_loss
-from benchmark.registry import register_method
 from benchmark.adapt.unlabeled import UnlabeledData
+from benchmark.registry import register_method
 from methods.ueo import UEO
 
 

@@ -27,6 +27,7 @@ Images are solved together: every quantity carries a leading batch dimension, an
 inner loop has converged keeps its values while the others iterate, so the result equals solving
 the images one at a time. The views come from ``view_features`` (shared with TPT and ZERO).
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,11 +51,17 @@ TEMPERATURE = 1.0
 def gaussian_density(mode: torch.Tensor, bandwidth: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(B, V) ``exp(-||x_v - m||^2 / (2 h_v^2))`` for (B, D) modes, (B, V) bandwidths, (B, V, D) points."""
     dist = torch.linalg.vector_norm(x - mode.unsqueeze(1), dim=-1)
-    return torch.exp(-dist**2 / (2 * bandwidth**2))
+    return torch.exp(-(dist**2) / (2 * bandwidth**2))
 
 
-def mta_modes(feats: torch.Tensor, logits: torch.Tensor, lambda_y: float, lambda_q: float,
-              max_iter: int = MAX_ITER, threshold: float = THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
+def mta_modes(
+    feats: torch.Tensor,
+    logits: torch.Tensor,
+    lambda_y: float,
+    lambda_q: float,
+    max_iter: int = MAX_ITER,
+    threshold: float = THRESHOLD,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MTA's solver on (B, V, D) view features and their (B, V, K) logits ``s cos``: ((B, D) modes, (B, V) scores)."""
     b, v, _ = feats.shape
     k = int(NEIGHBOURS * (v - 1))
@@ -128,8 +135,12 @@ class MTA(Adapter):
 
     def view_augment(self) -> Augment:
         """MTA's views: a random resized crop + flip of the whole image (``data/datautils.py:62-73``)."""
-        return Augment("rrc", scale=tuple(self.hp["crop_scale"]), interpolation=self.hp["interpolation"],
-                       mean=self.model.mean.flatten().tolist())
+        return Augment(
+            "rrc",
+            scale=tuple(self.hp["crop_scale"]),
+            interpolation=self.hp["interpolation"],
+            mean=self.model.mean.flatten().tolist(),
+        )
 
     @torch.no_grad()
     def stream_step(self, batch: dict) -> torch.Tensor:

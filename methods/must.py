@@ -25,6 +25,7 @@ value in ``docs/recipes.md``):
   batch 1024 (64 on each of 16 GPUs; the fairness term is a mean over the whole batch), 30 epochs;
   fp32.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,13 +33,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmark.adapt.adapter import Adapter
+from benchmark.adapt.augment import Augment
 from benchmark.adapt.ema import EmaTeacher, ramped_decay
 from benchmark.adapt.masking import masked_alignment, masked_l1, normalize_patches, patchify, random_block_mask
-from benchmark.adapt.augment import Augment
-from benchmark.model.clip import LOGIT_SCALE, TEMPLATE_SETS
-from benchmark.registry import register_method
 from benchmark.adapt.selftrain import fairness_loss
 from benchmark.adapt.unlabeled import UnlabeledData
+from benchmark.model.clip import LOGIT_SCALE, TEMPLATE_SETS
+from benchmark.registry import register_method
 
 
 class CosineHead(nn.Module):
@@ -80,9 +81,7 @@ def vit_layer_id(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def layer_decay_groups(
-    visual: nn.Module, extras: MustModules, decay: float, weight_decay: float
-) -> list[dict]:
+def layer_decay_groups(visual: nn.Module, extras: MustModules, decay: float, weight_decay: float) -> list[dict]:
     """Optimiser groups with ``lr_mult = decay ** (L + 1 - depth)`` and MUST's weight-decay rule.
 
     ``L`` is the number of transformer blocks. The mask token is an input embedding (depth 0, as
@@ -96,11 +95,14 @@ def layer_decay_groups(
     groups: dict[tuple[int, bool], dict] = {}
     for depth, p in entries:
         decays = p.ndim > 1
-        group = groups.setdefault((depth, decays), {
-            "params": [],
-            "lr_mult": decay ** (num_layers + 1 - depth),
-            "weight_decay": weight_decay if decays else 0.0,
-        })
+        group = groups.setdefault(
+            (depth, decays),
+            {
+                "params": [],
+                "lr_mult": decay ** (num_layers + 1 - depth),
+                "weight_decay": weight_decay if decays else 0.0,
+            },
+        )
         group["params"].append(p)
     return [groups[key] for key in sorted(groups)]
 
@@ -174,8 +176,9 @@ class Must(Adapter):
         self.model.eval()
         visual = self.model.visual
         extras = MustModules(
-            self.model.class_embeddings(TEMPLATE_SETS[self.hp["prompts"]]), visual.conv1.out_channels,
-            self.model.patch_size
+            self.model.class_embeddings(TEMPLATE_SETS[self.hp["prompts"]]),
+            visual.conv1.out_channels,
+            self.model.patch_size,
         ).to(self.model.device)
         self.model.add_module("must", extras)
         self.extras = extras
@@ -201,10 +204,16 @@ class Must(Adapter):
         of scale 0.3-1, bicubic, flip and RandAugment; build_dataset.py:162-171, train.py:83-88)."""
         hp = self.hp
         mean = self.model.mean.flatten().tolist()
-        return {"images": Augment(hp["augment"], interpolation=hp["interpolation"], mean=mean),
-                "images_strong": Augment("randaugment", scale=tuple(hp["strong_scale"]),
-                                         interpolation=hp["interpolation"], randaugment=hp["randaugment"],
-                                         mean=mean)}
+        return {
+            "images": Augment(hp["augment"], interpolation=hp["interpolation"], mean=mean),
+            "images_strong": Augment(
+                "randaugment",
+                scale=tuple(hp["strong_scale"]),
+                interpolation=hp["interpolation"],
+                randaugment=hp["randaugment"],
+                mean=mean,
+            ),
+        }
 
     def before_adapt(self, data: UnlabeledData) -> None:
         """Seed the mask generator; refuse an adapt set that yields no full batch."""
@@ -232,7 +241,7 @@ class Must(Adapter):
             pooled, _ = self.model.vit_forward(images, mask, self.extras.mask_token)
         finally:
             hook.remove()
-        tokens = self.extras.ln_patch(caught[0][:, -mask.shape[1]:])
+        tokens = self.extras.ln_patch(caught[0][:, -mask.shape[1] :])
         return self.extras.head(pooled), F.normalize(pooled.float(), dim=-1), tokens
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

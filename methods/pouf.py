@@ -24,6 +24,7 @@ An epoch is 500 iterations whatever the data size (``iters_per_epoch``), drawn a
 incomplete batch, batches running on across epoch boundaries. ``iters_per_epoch=0`` makes an epoch
 one pass over the adapt set instead (the base loop's epochs).
 """
+
 from __future__ import annotations
 
 import math
@@ -99,8 +100,9 @@ class ForeverBatches:
             out.append(self._pending.pop(0))
         return out
 
-    def batches(self, batch_size: int, *, views=None, generator: torch.Generator | None = None,
-                **_: Any) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, *, views=None, generator: torch.Generator | None = None, **_: Any
+    ) -> Iterator[dict[str, torch.Tensor]]:
         """This epoch's batches, with the requested views drawn from ``generator`` (shuffling is ours)."""
         g = generator or self.data.generator
         for rows in self._next_batches(g):
@@ -157,8 +159,9 @@ class POUF(Adapter):
         if hp["iters_per_epoch"] < 0:
             raise ValueError("pouf: iters_per_epoch must be >= 0 (0 = one pass over the adapt set per epoch)")
         self.model.eval()
-        self.log_scale = nn.Parameter(torch.tensor(self.INIT_LOG_SCALE, device=self.model.device),
-                                      requires_grad=hp["train_logit_scale"])
+        self.log_scale = nn.Parameter(
+            torch.tensor(self.INIT_LOG_SCALE, device=self.model.device), requires_grad=hp["train_logit_scale"]
+        )
         if hp["tune"] == "prompt":
             ctx = self.model.enable_prompt_learning(hp["n_ctx"], hp["ctx_init"] or None)
             ctx.requires_grad_(True)

@@ -23,6 +23,7 @@ that of training them one after the other. The image encoder is frozen, so ``vie
 precomputes that many random crops of every selected image and draws each step's views from
 them (a speed option; 0, the default, crops afresh every step as UPL does).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,11 +34,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from benchmark.adapt.adapter import Adapter
-from benchmark.model.features import frozen_image_features
-from benchmark.model.clip import LOGIT_SCALE
-from benchmark.registry import register_method
 from benchmark.adapt.selftrain import class_balanced_topk, confident
 from benchmark.adapt.unlabeled import UnlabeledData
+from benchmark.model.clip import LOGIT_SCALE
+from benchmark.model.features import frozen_image_features
+from benchmark.registry import register_method
 
 CTX_INIT_STD = 0.02
 """Standard deviation of CoOp's random context initialisation (also used for ensemble members)."""
@@ -181,14 +182,17 @@ class PseudoLabel(Adapter):
         views = self.views()["images"]
         pool = []
         for _ in range(self.hp["view_pool"]):
-            feats = [self.model.image_features(views(data.image_batch(rows), self.generator))
-                     for rows in self.selected.split(256)]
+            feats = [
+                self.model.image_features(views(data.image_batch(rows), self.generator))
+                for rows in self.selected.split(256)
+            ]
             pool.append(torch.cat(feats))
         return torch.stack(pool)
 
     @torch.no_grad()
-    def batch_features(self, data: UnlabeledData, rows: torch.Tensor, pool: torch.Tensor | None,
-                       generators: list[torch.Generator]) -> torch.Tensor:
+    def batch_features(
+        self, data: UnlabeledData, rows: torch.Tensor, pool: torch.Tensor | None, generators: list[torch.Generator]
+    ) -> torch.Tensor:
         """(M, B, D) frozen features of each member's batch: fresh crops, or crops drawn from the pool.
 
         ``rows`` (M, B) are positions in ``selected``; member ``m`` draws with ``generators[m]``.
@@ -197,7 +201,9 @@ class PseudoLabel(Adapter):
             pick = torch.stack([torch.randint(pool.shape[0], (rows.shape[1],), generator=g) for g in generators])
             return pool[pick.to(pool.device), rows.to(pool.device)]
         views = self.views()["images"]
-        feats = [self.model.image_features(views(data.image_batch(self.selected[r]), g)) for r, g in zip(rows, generators)]
+        feats = [
+            self.model.image_features(views(data.image_batch(self.selected[r]), g)) for r, g in zip(rows, generators)
+        ]
         return torch.stack(feats)
 
     def adapt(self, data: UnlabeledData) -> None:
@@ -227,7 +233,9 @@ class PseudoLabel(Adapter):
                 feats = self.batch_features(data, rows, pool, generators)
                 targets = self.labels[self.selected[rows].to(self.labels.device)]
                 with self.autocast():
-                    logits = LOGIT_SCALE * torch.einsum("mbd,mkd->mbk", feats, self.model.text_features_for(self.contexts))
+                    logits = LOGIT_SCALE * torch.einsum(
+                        "mbd,mkd->mbk", feats, self.model.text_features_for(self.contexts)
+                    )
                     loss = torch.stack([F.cross_entropy(logits[m].float(), targets[m]) for m in range(members)]).sum()
                 self.step(loss)
                 losses.append(loss.item() / members)

@@ -19,6 +19,7 @@ in ``docs/recipes.md``):
   predicted by the updated model (rosita.py:225-231). ROSITA's own OOD score, the largest cosine
   before the update (rosita.py:119, 249), is recorded as ``pre_update_max_cos``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -72,7 +73,9 @@ class Rosita(Adapter):
         if self.hp["batch_size"] != 1:
             raise ValueError("rosita adapts on one test image at a time: rosita.batch_size must be 1")
         self.model.eval()
-        params = [p for _, layer in self.model.norm_layers(include_downsample=False) for p in (layer.weight, layer.bias)]
+        params = [
+            p for _, layer in self.model.norm_layers(include_downsample=False) for p in (layer.weight, layer.bias)
+        ]
         for p in params:
             p.requires_grad_(True)
         self.clear_memory()
@@ -89,12 +92,24 @@ class Rosita(Adapter):
 
     def stream_views(self) -> dict[str, Augment]:
         hp = self.hp
-        return {"images": Augment("none"),
-                "images_aug": Augment(hp["augment"], scale=tuple(hp["crop_scale"]), interpolation=hp["interpolation"],
-                                      mean=self.model.mean.flatten().tolist())}
+        return {
+            "images": Augment("none"),
+            "images_aug": Augment(
+                hp["augment"],
+                scale=tuple(hp["crop_scale"]),
+                interpolation=hp["interpolation"],
+                mean=self.model.mean.flatten().tolist(),
+            ),
+        }
 
-    def contrastive(self, feature: torch.Tensor, positives: list[torch.Tensor], negatives: list[torch.Tensor],
-                    label: int | None, text: torch.Tensor) -> torch.Tensor:
+    def contrastive(
+        self,
+        feature: torch.Tensor,
+        positives: list[torch.Tensor],
+        negatives: list[torch.Tensor],
+        label: int | None,
+        text: torch.Tensor,
+    ) -> torch.Tensor:
         """Mean over the ``k_p`` nearest positives of ``-s_pos + log sum_{k_n nearest negatives} exp(s_neg)``.
 
         With ``label``, a positive counts only when the text classifier predicts it as ``label``.
@@ -146,13 +161,13 @@ class Rosita(Adapter):
         cos = feats @ text.t()
         score, label = (float(v) for v in cos[0].detach().max(dim=-1))
         label = int(label)
-        self.scores = (self.scores + [score])[-hp["n_scores"]:]
+        self.scores = (self.scores + [score])[-hp["n_scores"] :]
         threshold, mu0, mu1 = grid_otsu(self.scores)
         known = score >= threshold
         if known and score > mu1:
-            self.known_bank = (self.known_bank + [raw[:1].detach()])[-self.model.num_classes * hp["k_p"]:]
+            self.known_bank = (self.known_bank + [raw[:1].detach()])[-self.model.num_classes * hp["k_p"] :]
         if not known and score < mu0:
-            self.unknown_bank = (self.unknown_bank + [raw[:1].detach()])[-hp["bank_unknown"]:]
+            self.unknown_bank = (self.unknown_bank + [raw[:1].detach()])[-hp["bank_unknown"] :]
         loss = torch.zeros((), device=feats.device)
         if hp["loss_pl"] and known and score > mu1:
             target = torch.tensor([label], device=feats.device)

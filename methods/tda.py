@@ -19,6 +19,7 @@ with BoostAdapter. With ``views > 1`` (TDA's ImageNet-A/V/R/Sketch setting: 64 A
 views) the feature, logits, entropy and probabilities are those of the 10% lowest-entropy views
 (mean feature, not re-normalised; mean logits; entropy of the mean probability; mean probability).
 """
+
 from __future__ import annotations
 
 import torch
@@ -96,8 +97,12 @@ class TDA(Adapter):
             logits = LOGIT_SCALE * feats @ text.t()
             entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
             return feats, logits, entropy, logits.softmax(-1)
-        augment = Augment("augmix" if self.hp["augmix"] else "rrc", scale=(0.08, 1.0), interpolation="bilinear",
-                          mean=self.model.mean.flatten().tolist())
+        augment = Augment(
+            "augmix" if self.hp["augmix"] else "rrc",
+            scale=(0.08, 1.0),
+            interpolation="bilinear",
+            mean=self.model.mean.flatten().tolist(),
+        )
         out = []
         for f in view_features(self.model, batch, self.hp["views"], augment, self.view_seed):
             z = LOGIT_SCALE * f @ text.t()

@@ -1,4 +1,5 @@
 """TENT (Wang et al., ICLR 2021): entropy minimisation of the image encoder's norm affines, one step per batch."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -8,8 +9,8 @@ import torch.nn as nn
 
 from benchmark.adapt.adapter import Adapter
 from benchmark.adapt.losses import softmax_entropy
-from benchmark.registry import register_method
 from benchmark.adapt.unlabeled import UnlabeledData
+from benchmark.registry import register_method
 
 RECIPES: dict[str, dict[str, Any]] = {
     "imagenet": {"optimizer": "sgd", "lr": 2.5e-4, "momentum": 0.9, "nesterov": True, "batch_size": 64},

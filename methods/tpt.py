@@ -14,6 +14,7 @@ prompts, and AdamW (element-wise) on that tensor is B independent optimisers. Th
 tuning the images one after the other; the image encoder is frozen, so each view is encoded once,
 and its features are shared with the other frozen-encoder methods of the sweep (``view_features``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -77,8 +78,12 @@ class TPT(Adapter):
     def view_augment(self) -> Augment:
         """The augmented views: a random resized crop + flip of the whole image, AugMix on top if ``augmix``."""
         hp = self.hp
-        return Augment("augmix" if hp["augmix"] else "rrc", scale=tuple(hp["crop_scale"]),
-                       interpolation=hp["interpolation"], mean=self.model.mean.flatten().tolist())
+        return Augment(
+            "augmix" if hp["augmix"] else "rrc",
+            scale=tuple(hp["crop_scale"]),
+            interpolation=hp["interpolation"],
+            mean=self.model.mean.flatten().tolist(),
+        )
 
     def views(self) -> dict[str, Augment]:
         return {"images": self.view_augment()}
@@ -131,7 +136,7 @@ class TPT(Adapter):
         with torch.no_grad():
             ctx[~finite] = before[~finite]
         overflows = int((~finite).sum())
-        self.loss_scale *= 0.5 ** overflows
+        self.loss_scale *= 0.5**overflows
         self.finite_images = 0 if overflows else self.finite_images + len(finite)
         if self.finite_images >= GROWTH_INTERVAL:
             self.loss_scale, self.finite_images = self.loss_scale * 2, 0

@@ -1,14 +1,15 @@
 """UEO (Liang et al., ICML 2024): universal entropy optimisation of a prompt and the image norms."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
 from benchmark.adapt.adapter import Adapter
-from benchmark.model.features import frozen_image_features
 from benchmark.adapt.losses import ueo_confidence_weights, ueo_loss
-from benchmark.registry import register_method
 from benchmark.adapt.unlabeled import UnlabeledData
+from benchmark.model.features import frozen_image_features
+from benchmark.registry import register_method
 
 
 @register_method
@@ -86,4 +87,3 @@ class UEO(Adapter):
         if self.weights is None:
             raise RuntimeError("ueo: confidence weights are computed in before_adapt(); call adapt()")
         return ueo_loss(self.model(batch["images"]), self.weights[batch["index"]], self.hp["lam"])
-

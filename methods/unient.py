@@ -21,6 +21,7 @@ and line of each value in ``docs/recipes.md``), online over the test stream, one
 This follows UniEnt's own code rather than ROSITA's single-image CLIP variant (``unient_lda``),
 which replaces the mixture by ROSITA's Otsu threshold and is not registered in ROSITA's runner.
 """
+
 from __future__ import annotations
 
 import copy

@@ -29,6 +29,7 @@ The views are those of TPT (``rrc`` 0.08-1, bilinear, flip; the original view fi
 through ``view_features``: with a frozen encoder they are computed once per image and seed for
 every method of a sweep that uses them.
 """
+
 from __future__ import annotations
 
 import torch
@@ -119,8 +120,12 @@ class Zero(Adapter):
 
     def view_augment(self) -> Augment:
         """ZERO's views: a random resized crop + flip of the whole image (``data/augs.py:36-40``)."""
-        return Augment("rrc", scale=tuple(self.hp["crop_scale"]), interpolation=self.hp["interpolation"],
-                       mean=self.model.mean.flatten().tolist())
+        return Augment(
+            "rrc",
+            scale=tuple(self.hp["crop_scale"]),
+            interpolation=self.hp["interpolation"],
+            mean=self.model.mean.flatten().tolist(),
+        )
 
     @torch.no_grad()
     def stream_step(self, batch: dict) -> torch.Tensor:

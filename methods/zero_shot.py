@@ -1,4 +1,5 @@
 """Zero-shot CLIP: nothing is adapted; prediction = argmax cosine, every OOD score from its logits."""
+
 from __future__ import annotations
 
 import torch

@@ -2,6 +2,7 @@
 
 Nothing here downloads: the architectures are registered from JSON configs in tests/configs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,8 @@ import open_clip
 import pytest
 import torch
 
-from benchmark.model.clip import ClipClassifier, load_clip
 from benchmark.adapt.unlabeled import UnlabeledData
+from benchmark.model.clip import ClipClassifier, load_clip
 
 CONFIGS = Path(__file__).parent / "configs"
 CLASSNAMES = ["circle", "square", "triangle", "star", "Alarm_Clock"]

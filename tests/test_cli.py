@@ -1,4 +1,5 @@
 """End to end through ``run_bench.py``'s ``main`` on the embedded benchmark (offline, CPU)."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,17 @@ def test_writes_records_and_leaderboard(zero_shot_out: Path):
     records = load_records(zero_shot_out)
     assert len(records) == 2 and all(r["status"] == "done" for r in records)
     rec = records[0]
-    for key in ("dataset", "domain", "setting", "protocol", "num_known", "adapt_classes", "test_classes",
-                "n_adapt", "n_test"):
+    for key in (
+        "dataset",
+        "domain",
+        "setting",
+        "protocol",
+        "num_known",
+        "adapt_classes",
+        "test_classes",
+        "n_adapt",
+        "n_test",
+    ):
         assert key in rec["data"], key
     assert rec["data"]["protocol"] == "ueo" and rec["data"]["setting"] == "oda"
     assert set(rec["metrics"]) == {"test", "adapt"}
@@ -61,8 +71,13 @@ def test_metrics_recompute_from_preds(zero_shot_out: Path):
                 threshold = otsu_threshold(z[f"adapt_score_{score}"])
                 assert rec["rejection"]["thresholds"][score] == pytest.approx(threshold)
                 for part in ("test", "adapt"):
-                    m = open_set_metrics(z[f"{part}_pred"], z[f"{part}_label"], z[f"{part}_score_{score}"],
-                                         rec["data"]["num_known"], threshold)
+                    m = open_set_metrics(
+                        z[f"{part}_pred"],
+                        z[f"{part}_label"],
+                        z[f"{part}_score_{score}"],
+                        rec["data"]["num_known"],
+                        threshold,
+                    )
                     stored = {**rec["metrics"][part], **rec["metrics"][part]["scores"][score]}
                     for k in METRIC_NAMES:
                         assert m[k] == pytest.approx(stored[k], nan_ok=True), (part, score, k)
@@ -78,8 +93,7 @@ def test_second_invocation_recomputes_nothing(zero_shot_out: Path, capsys):
 def test_same_seed_same_metrics(tmp_path: Path):
     metrics = []
     for sub in ("a", "b"):
-        assert _run(tmp_path / sub, "--methods", "ueo", "--domains", "sketch",
-                    "--cfg-options", "ueo.epochs=1") == 0
+        assert _run(tmp_path / sub, "--methods", "ueo", "--domains", "sketch", "--cfg-options", "ueo.epochs=1") == 0
         (rec,) = load_records(tmp_path / sub)
         metrics.append(json.dumps(rec["metrics"], sort_keys=True))
     assert metrics[0] == metrics[1]
@@ -91,16 +105,19 @@ def test_report_only_rebuilds_tables(zero_shot_out: Path, capsys):
     assert (zero_shot_out / "leaderboard.md").is_file()
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--methods", "nope"], "zero_shot"),
-    (["--datasets", "nope"], "office_home"),
-    (["--cfg-options", "nope.lr=1"], "nope.lr"),
-    (["--cfg-options", "ueo.nope=1"], "ueo.nope"),
-    (["--cfg-options", "ueo.epochs=abc"], "ueo.epochs"),
-    (["--domains", "Art"], "Art"),
-    (["--settings", "oda", "--protocol", "classic", "--datasets", "domainnet", "--data-root", "/tmp"], "classic"),
-    (["--pretrained", "/no/such/weights.pt"], "/no/such/weights.pt"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--methods", "nope"], "zero_shot"),
+        (["--datasets", "nope"], "office_home"),
+        (["--cfg-options", "nope.lr=1"], "nope.lr"),
+        (["--cfg-options", "ueo.nope=1"], "ueo.nope"),
+        (["--cfg-options", "ueo.epochs=abc"], "ueo.epochs"),
+        (["--domains", "Art"], "Art"),
+        (["--settings", "oda", "--protocol", "classic", "--datasets", "domainnet", "--data-root", "/tmp"], "classic"),
+        (["--pretrained", "/no/such/weights.pt"], "/no/such/weights.pt"),
+    ],
+)
 def test_bad_arguments_exit_2_with_a_named_reason(tmp_path: Path, capsys, argv, needle):
     assert main([*argv, "--out", str(tmp_path)]) == 2
     assert needle in capsys.readouterr().err

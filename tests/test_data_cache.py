@@ -1,4 +1,5 @@
 """The decode cache: exactly the pixels of plain decoding, reused across loads, rebuilt when files change."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ from PIL import Image
 
 from benchmark.data import images as images_module
 from benchmark.data import load_split
-from benchmark.data.cache import CACHE_ENV, CACHE_FOLDER, cache_dir, read_images_cached
 from benchmark.data.__main__ import main
+from benchmark.data.cache import CACHE_ENV, CACHE_FOLDER, cache_dir, read_images_cached
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*incomplete data")
 
@@ -135,8 +136,7 @@ def test_parallel_loads_decode_once(data_root: Path, tmp_path: Path, monkeypatch
     assert all(torch.equal(r, results[0]) for r in results)
 
 
-def test_default_location_environment_and_off(data_root: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_location_environment_and_off(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     split = load_split("office_home", "Art", "oda", data_root=data_root, resolution=R)
     assert split.info["cache"] == str(data_root / CACHE_FOLDER)
     assert entries(data_root / CACHE_FOLDER)
@@ -171,11 +171,27 @@ def test_lists_layout_decodes_each_list_once(tmp_path: Path, monkeypatch: pytest
     assert set(split.adapt.classes.tolist()) == {0, 2}
 
 
-def test_cache_command_warms_the_cache(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture) -> None:
+def test_cache_command_warms_the_cache(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     cache = tmp_path / "cache"
-    assert main(["cache", "office_home", "--data-root", str(data_root), "--domains", "Art",
-                 "--resolution", str(R), "--cache", str(cache)]) == 0
+    assert (
+        main(
+            [
+                "cache",
+                "office_home",
+                "--data-root",
+                str(data_root),
+                "--domains",
+                "Art",
+                "--resolution",
+                str(R),
+                "--cache",
+                str(cache),
+            ]
+        )
+        == 0
+    )
     assert "office_home/Art: all 15 images at 24 px cached in" in capsys.readouterr().out
     counter = DecodeCounter(monkeypatch)
     load_split("office_home", "Art", "opda", data_root=data_root, resolution=R, cache=cache)

@@ -3,6 +3,7 @@
 Downloads come from an HTTP server on 127.0.0.1 started by the test (with ``Range`` support and
 a switch that cuts the connection mid-file); nothing leaves the machine.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -202,7 +203,9 @@ def test_verify_names_missing_and_corrupt_images(tmp_path: Path, capsys: pytest.
 
     decoded = verify(spec, data, domains=["Art"], decode=True)
     assert sorted(p for p, _ in decoded.parts[0].unreadable) == [
-        "office_home/Art/Alarm_Clock/00001.jpg", "office_home/Art/Desk_Lamp/00002.jpg"]
+        "office_home/Art/Alarm_Clock/00001.jpg",
+        "office_home/Art/Desk_Lamp/00002.jpg",
+    ]
     assert verify(spec, data, domains=["Clipart"]).ok
 
     assert cli.main(["verify", "office_home", "--data-root", str(data), "--domains", "Art"]) == 1
@@ -422,18 +425,27 @@ def test_download_refuses_missing_and_different_files(visda_server: Server, tmp_
 def test_download_domainnet_lists_and_zip(tmp_path: Path) -> None:
     files = domainnet_files()
     with Server(files) as server:
-        entries = [{"url": f"{server.url}/{name}", "domain": "clipart", "size": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()]
-        spec = with_counts(dataclasses.replace(get_spec("domainnet"), download=entries),
-                           {"clipart": {"adapt": 6, "test": 3}})
+        entries = [
+            {
+                "url": f"{server.url}/{name}",
+                "domain": "clipart",
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+            for name, data in files.items()
+        ]
+        spec = with_counts(
+            dataclasses.replace(get_spec("domainnet"), download=entries), {"clipart": {"adapt": 6, "test": 3}}
+        )
         download(spec, tmp_path, domains=["clipart"], backoff=0)
     root = tmp_path / "domainnet"
     assert sorted(p.name for p in root.iterdir()) == [MANIFEST_DIR, "clipart", "clipart_test.txt", "clipart_train.txt"]
     assert verify(spec, tmp_path, domains=["clipart"]).ok
 
 
-def test_download_command_line(visda_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                               capsys: pytest.CaptureFixture) -> None:
+def test_download_command_line(
+    visda_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     spec = visda_spec(visda_server)
     monkeypatch.setattr(cli, "get_spec", lambda name: spec)
     assert cli.main(["download", "visda2017", "--data-root", str(tmp_path), "--domains", "real"]) == 0
@@ -446,12 +458,15 @@ def test_download_command_line(visda_server: Server, tmp_path: Path, monkeypatch
     assert "prepare office31 --archive FILE" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("entry,message", [
-    ('{url: "http://x/a.zip", size: -3}', "size must be a positive byte count"),
-    ('{url: "http://x/a.zip", sha256: "abc"}', "sha256 must be 64 lowercase hex digits"),
-    ('{url: "http://x/a.zip", md5: "' + "A" * 32 + '"}', "md5 must be 32 lowercase hex digits"),
-    ('{url: "http://x/a.zip", extract: false}', "unknown key"),
-])
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        ('{url: "http://x/a.zip", size: -3}', "size must be a positive byte count"),
+        ('{url: "http://x/a.zip", sha256: "abc"}', "sha256 must be 64 lowercase hex digits"),
+        ('{url: "http://x/a.zip", md5: "' + "A" * 32 + '"}', "md5 must be 32 lowercase hex digits"),
+        ('{url: "http://x/a.zip", extract: false}', "unknown key"),
+    ],
+)
 def test_spec_download_facts_are_validated(tmp_path: Path, entry: str, message: str) -> None:
     from benchmark.data.parse import parse_spec
 

@@ -1,4 +1,5 @@
 """Loading splits from tiny fake trees in the real on-disk layouts, and the errors users see."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.data import DATA_ROOT_ENV, DataError, get_spec, load_split
-from benchmark.data import catalog
+from benchmark.data import DATA_ROOT_ENV, DataError, catalog, get_spec, load_split
 from benchmark.data.__main__ import format_indices, main
 from benchmark.data.fetch import download
 from benchmark.data.images import read_image
@@ -88,9 +88,7 @@ def test_office_home_oda_labels_paths_and_images(office_home_root: Path) -> None
     assert torch.equal(split.adapt.images[0], read_image(first, R)[0])
 
 
-@pytest.mark.parametrize(
-    "setting,ranges", [("cda", [(0, 49)]), ("pda", [(0, 34)]), ("opda", [(0, 34), (50, 59)])]
-)
+@pytest.mark.parametrize("setting,ranges", [("cda", [(0, 49)]), ("pda", [(0, 34)]), ("opda", [(0, 34), (50, 59)])])
 def test_office_home_adapt_holds_only_adapt_classes(office_home_root: Path, setting: str, ranges: list) -> None:
     spec = get_spec("office_home")
     present = {spec.classes.index(c) for c in OFFICE_HOME.values()}
@@ -237,7 +235,9 @@ def visda_root(tmp_path: Path) -> Path:
 
 
 def test_visda_classic_protocol_relabels_known_by_name(visda_root: Path) -> None:
-    split = load_split("visda2017", domain="real", setting="oda", protocol="classic", data_root=visda_root, resolution=R)
+    split = load_split(
+        "visda2017", domain="real", setting="oda", protocol="classic", data_root=visda_root, resolution=R
+    )
     assert split.num_known == 6
     assert split.classnames == ["bicycle", "bus", "car", "motorcycle", "train", "truck"]
     assert split.all_classnames[6:8] == ["aeroplane", "horse"]
@@ -340,7 +340,9 @@ def test_decode_cache_is_reused_and_invalidated(
     from benchmark.data import images as images_module
 
     cache = tmp_path / "cache"
-    first = load_split("office_home", domain="Art", setting="oda", data_root=office_home_root, resolution=R, cache=cache)
+    first = load_split(
+        "office_home", domain="Art", setting="oda", data_root=office_home_root, resolution=R, cache=cache
+    )
     assert len(list(cache.glob("*.u8"))) == 1, "the oda adapt set is a view of the domain, not another entry"
     monkeypatch.setenv("CLIPBENCH_CACHE", str(cache))
 

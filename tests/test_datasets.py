@@ -1,4 +1,5 @@
 """The data set specs encode DESIGN section 3 exactly; checked from the spec files alone (no images)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,14 +22,22 @@ def span(*ranges: tuple[int, int]) -> list[int]:
 
 # DESIGN section 3, typed in by hand: (classes, K, {setting: adapt classes}).
 UEO = {
-    "office31": (31, 25, {"cda": span((0, 24)), "pda": span((0, 19)), "oda": span((0, 27)),
-                          "opda": span((0, 14), (25, 27))}),
-    "office_home": (65, 50, {"cda": span((0, 49)), "pda": span((0, 34)), "oda": span((0, 59)),
-                             "opda": span((0, 34), (50, 59))}),
-    "visda2017": (12, 8, {"cda": span((0, 7)), "pda": span((0, 5)), "oda": span((0, 9)),
-                          "opda": span((0, 5), (8, 9))}),
-    "domainnet": (345, 300, {"cda": span((0, 299)), "pda": span((0, 249)), "oda": span((0, 329)),
-                             "opda": span((0, 249), (300, 329))}),
+    "office31": (
+        31,
+        25,
+        {"cda": span((0, 24)), "pda": span((0, 19)), "oda": span((0, 27)), "opda": span((0, 14), (25, 27))},
+    ),
+    "office_home": (
+        65,
+        50,
+        {"cda": span((0, 49)), "pda": span((0, 34)), "oda": span((0, 59)), "opda": span((0, 34), (50, 59))},
+    ),
+    "visda2017": (12, 8, {"cda": span((0, 7)), "pda": span((0, 5)), "oda": span((0, 9)), "opda": span((0, 5), (8, 9))}),
+    "domainnet": (
+        345,
+        300,
+        {"cda": span((0, 299)), "pda": span((0, 249)), "oda": span((0, 329)), "opda": span((0, 249), (300, 329))},
+    ),
 }
 DOMAINS = {
     "office31": ["amazon", "dslr", "webcam"],
@@ -37,10 +46,15 @@ DOMAINS = {
     "domainnet": ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"],
 }
 IMAGES = {
-    ("office31", "amazon"): {"all": 2817}, ("office31", "dslr"): {"all": 498}, ("office31", "webcam"): {"all": 795},
-    ("office_home", "Art"): {"all": 2427}, ("office_home", "Clipart"): {"all": 4365},
-    ("office_home", "Product"): {"all": 4439}, ("office_home", "RealWorld"): {"all": 4357},
-    ("visda2017", "synthetic"): {"all": 152397}, ("visda2017", "real"): {"all": 55388},
+    ("office31", "amazon"): {"all": 2817},
+    ("office31", "dslr"): {"all": 498},
+    ("office31", "webcam"): {"all": 795},
+    ("office_home", "Art"): {"all": 2427},
+    ("office_home", "Clipart"): {"all": 4365},
+    ("office_home", "Product"): {"all": 4439},
+    ("office_home", "RealWorld"): {"all": 4357},
+    ("visda2017", "synthetic"): {"all": 152397},
+    ("visda2017", "real"): {"all": 55388},
     ("domainnet", "clipart"): {"adapt": 33525, "test": 14604},
     ("domainnet", "infograph"): {"adapt": 36023, "test": 15582},
     ("domainnet", "painting"): {"adapt": 50416, "test": 21850},

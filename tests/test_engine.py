@@ -1,5 +1,6 @@
 """The engine's contracts: hyper-parameter validation, the trainable-subset check, schedules,
 records on disk, and the registry."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,16 @@ import pytest
 import torch
 
 from benchmark.adapt.adapter import Adapter, HyperParameterError
-from benchmark.core.records import (file_sha256, is_complete, load_records, read_result, scan_records, spec_hash,
-                                    write_json, write_npz)
+from benchmark.core.records import (
+    file_sha256,
+    is_complete,
+    load_records,
+    read_result,
+    scan_records,
+    spec_hash,
+    write_json,
+    write_npz,
+)
 from benchmark.core.schema import RECORD_SCHEMA
 from benchmark.core.spec import PROTOCOL_VERSION
 from benchmark.registry import get_method, method_names
@@ -121,12 +130,34 @@ def test_same_seed_same_adaptation():
 
 def valid_record(run: Path) -> dict:
     """A minimal done record of this schema for ``run``'s predictions (named by its spec's hash)."""
-    spec = {"method": "zero_shot", "dataset": "synthetic", "domain": "photo", "setting": "oda", "protocol": "ueo",
-            "seed": 1, "model": "clipbench-tiny", "pretrained": "embedded", "hparams": {}, "device": "cpu",
-            "protocol_version": PROTOCOL_VERSION}
-    return {"schema": RECORD_SCHEMA, "spec": spec, "hash": spec_hash(spec), "status": "done", "label": "zero_shot",
-            "departures": {}, "regime": "none", "precision": "fp32", "device": "cpu", "headline_score": "msp_cos",
-            "scores": {}, "metrics": {"test": {"auroc": float("nan")}}, "preds_sha256": file_sha256(run / "preds.npz")}
+    spec = {
+        "method": "zero_shot",
+        "dataset": "synthetic",
+        "domain": "photo",
+        "setting": "oda",
+        "protocol": "ueo",
+        "seed": 1,
+        "model": "clipbench-tiny",
+        "pretrained": "embedded",
+        "hparams": {},
+        "device": "cpu",
+        "protocol_version": PROTOCOL_VERSION,
+    }
+    return {
+        "schema": RECORD_SCHEMA,
+        "spec": spec,
+        "hash": spec_hash(spec),
+        "status": "done",
+        "label": "zero_shot",
+        "departures": {},
+        "regime": "none",
+        "precision": "fp32",
+        "device": "cpu",
+        "headline_score": "msp_cos",
+        "scores": {},
+        "metrics": {"test": {"auroc": float("nan")}},
+        "preds_sha256": file_sha256(run / "preds.npz"),
+    }
 
 
 def test_records_atomic_and_complete(tmp_path):

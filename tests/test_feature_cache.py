@@ -1,4 +1,5 @@
 """The feature cache: same numbers as no cache, reused across the methods of a seed, keyed safely."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import numpy as np
 import torch
 
 from benchmark.cli import main
-from benchmark.model.features import FeatureCache, frozen_image_features
 from benchmark.core.records import load_records
+from benchmark.model.features import FeatureCache, frozen_image_features
 from methods.pseudo_label import PseudoLabel
 from methods.ueo import UEO
 from tests.conftest import make_classifier, make_data
@@ -28,8 +29,23 @@ def test_zero_shot_metrics_and_predictions_equal_without_cache(tmp_path: Path):
             assert np.array_equal(a[key], b[key]), key
     assert cached[1]["feature_cache"] == {"hits": 0, "misses": 1}
     assert cached[2]["feature_cache"] == {"hits": 0, "misses": 1}  # each seed draws its own images
-    assert main([*ZS[:-1], "ueo", "pseudo_label", "--seeds", "1", "--out", str(tmp_path / "cached"),
-                 "--cfg-options", "ueo.epochs=1", "pseudo_label.epochs=1"]) == 0
+    assert (
+        main(
+            [
+                *ZS[:-1],
+                "ueo",
+                "pseudo_label",
+                "--seeds",
+                "1",
+                "--out",
+                str(tmp_path / "cached"),
+                "--cfg-options",
+                "ueo.epochs=1",
+                "pseudo_label.epochs=1",
+            ]
+        )
+        == 0
+    )
     runs = {r["spec"]["method"]: r for r in load_records(tmp_path / "cached") if r["spec"]["seed"] == 1}
     # UEO's confidence weights encode the adapt set once; UPL's pseudo-labels of the same seed reuse it
     assert runs["ueo"]["feature_cache"]["misses"] == 1 and runs["pseudo_label"]["feature_cache"]["hits"] == 1

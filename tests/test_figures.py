@@ -5,6 +5,7 @@ text leaves the canvas, no two texts overlap, no legend covers a data axes. The 
 draws exactly the numbers computed here from the records. The tables do not move when every
 metric is perturbed by 1e-9.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,15 @@ def _labels(n: int = 23) -> list[str]:
 def _metrics(rng: np.random.Generator, shift: float) -> dict[str, float]:
     acc = float(np.clip(70 + shift + rng.normal(0, 2), 0, 100))
     auroc = float(np.clip(75 + 0.7 * shift + rng.normal(0, 2), 0, 100))
-    return {"acc": acc, "acc_pc": acc, "auroc": auroc, "hm_accpc_auroc": 2 * acc * auroc / (acc + auroc),
-            "fpr95": 100 - auroc / 2, "oscr": acc * auroc / 100, "hos": (acc + auroc) / 2}
+    return {
+        "acc": acc,
+        "acc_pc": acc,
+        "auroc": auroc,
+        "hm_accpc_auroc": 2 * acc * auroc / (acc + auroc),
+        "fpr95": 100 - auroc / 2,
+        "oscr": acc * auroc / 100,
+        "hos": (acc + auroc) / 2,
+    }
 
 
 def _history(regime: str, i: int) -> list[dict[str, float]]:
@@ -77,14 +85,34 @@ def _records() -> list[tuple[Path, dict]]:
                 m = base[(d, s)] if label in ("zero_shot", "same_as_baseline") else _metrics(rng, shift)
                 status = "failed" if i == 6 and (d, s) == ("clipart", 1) else "done"
                 name = label.split(" ")[0]
-                rec = {"spec": {"protocol": "ueo", "dataset": "synthetic", "setting": "oda", "domain": d, "seed": s,
-                                "method": name, "model": "ViT-B-16", "pretrained": "openai", "device": "cpu",
-                                "hparams": {}},
-                       "status": status, "label": label, "departures": {}, "regime": regime,
-                       "headline_score": "msp_cos", "scores": {"msp_cos": "max softmax of the raw cosines"},
-                       "metrics": {"test": {"acc": m["acc"], "acc_pc": m["acc_pc"], "scores": {"msp_cos": {
-                           k: v for k, v in m.items() if k not in ("acc", "acc_pc")}}}},
-                       "history": [] if regime == "none" or status != "done" else _history(regime, i)}
+                rec = {
+                    "spec": {
+                        "protocol": "ueo",
+                        "dataset": "synthetic",
+                        "setting": "oda",
+                        "domain": d,
+                        "seed": s,
+                        "method": name,
+                        "model": "ViT-B-16",
+                        "pretrained": "openai",
+                        "device": "cpu",
+                        "hparams": {},
+                    },
+                    "status": status,
+                    "label": label,
+                    "departures": {},
+                    "regime": regime,
+                    "headline_score": "msp_cos",
+                    "scores": {"msp_cos": "max softmax of the raw cosines"},
+                    "metrics": {
+                        "test": {
+                            "acc": m["acc"],
+                            "acc_pc": m["acc_pc"],
+                            "scores": {"msp_cos": {k: v for k, v in m.items() if k not in ("acc", "acc_pc")}},
+                        }
+                    },
+                    "history": [] if regime == "none" or status != "done" else _history(regime, i),
+                }
                 out.append((Path(f"/runs/{i}-{d}-{s}"), rec))
     return out
 
@@ -102,8 +130,12 @@ def group(records):
 
 
 def _inside(inner, outer, tol: float = 1.0) -> bool:
-    return (inner.x0 >= outer.x0 - tol and inner.y0 >= outer.y0 - tol and inner.x1 <= outer.x1 + tol
-            and inner.y1 <= outer.y1 + tol)
+    return (
+        inner.x0 >= outer.x0 - tol
+        and inner.y0 >= outer.y0 - tol
+        and inner.x1 <= outer.x1 + tol
+        and inner.y1 <= outer.y1 + tol
+    )
 
 
 def _overlap(a, b, tol: float = 0.5) -> bool:
@@ -121,8 +153,7 @@ def _drawn_texts(fig) -> list[Text]:
             for tick in every:
                 for label in (tick.label1, tick.label2):
                     ticks[id(label)] = id(tick) in drawn
-    return [t for t in fig.findobj(Text)
-            if t.get_visible() and t.get_text().strip() and ticks.get(id(t), True)]
+    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and ticks.get(id(t), True)]
 
 
 def _check_layout(fig) -> None:
@@ -135,7 +166,7 @@ def _check_layout(fig) -> None:
         assert _inside(box, fig.bbox), f"text {t.get_text()!r} at {box} leaves the canvas {fig.bbox}"
         boxes.append((t, box))
     for i, (t, a) in enumerate(boxes):
-        for u, b in boxes[i + 1:]:
+        for u, b in boxes[i + 1 :]:
             assert not _overlap(a, b), f"texts {t.get_text()!r} and {u.get_text()!r} overlap"
     legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
     for legend in legends:
@@ -166,8 +197,9 @@ def test_difference_figure_layout(group):
 
 
 def test_heatmap_layout(group):
-    _render_and_check(plots.heatmap_figure({m: difference_grid(group, m) for m in METRICS}, group.baseline,
-                                           group.title))
+    _render_and_check(
+        plots.heatmap_figure({m: difference_grid(group, m) for m in METRICS}, group.baseline, group.title)
+    )
 
 
 def test_bars_layout(group):
@@ -182,8 +214,9 @@ def test_cd_layout(group):
 
 
 def test_tradeoff_layout(group):
-    _render_and_check(plots.tradeoff_figure(group.grids["acc_pc"], group.grids["auroc"], group.columns,
-                                            group.baseline, group.title))
+    _render_and_check(
+        plots.tradeoff_figure(group.grids["acc_pc"], group.grids["auroc"], group.columns, group.baseline, group.title)
+    )
 
 
 def test_curves_layout(group):
@@ -199,6 +232,7 @@ def test_curves_layout(group):
 
 def _direct_differences(records, label: str, metric: str) -> dict[tuple[str, int], float]:
     """``label`` minus zero_shot per (domain, seed) both finished, straight from the record dicts."""
+
     def values(lab):
         out = {}
         for _, r in records:
@@ -206,6 +240,7 @@ def _direct_differences(records, label: str, metric: str) -> dict[tuple[str, int
                 t = r["metrics"]["test"]
                 out[(r["spec"]["domain"], r["spec"]["seed"])] = t.get(metric, t["scores"]["msp_cos"].get(metric))
         return out
+
     base, own = values("zero_shot"), values(label)
     return {k: own[k] - base[k] for k in own if k in base}
 
@@ -252,12 +287,14 @@ def test_heatmap_numbers_are_per_domain_means_of_the_differences(records, group)
 
 def _perturb(out: Path, eps: float) -> None:
     """Add ``eps`` to every metric of every record under ``out``."""
+
     def bump(block):
         for k, v in block.items():
             if isinstance(v, dict):
                 bump(v)
             elif isinstance(v, float) and k not in ("n", "n_known", "n_unknown", "threshold"):
                 block[k] = v + eps
+
     for path in (out / "runs").glob("*/result.json"):
         rec = json.loads(path.read_text())
         bump(rec.get("metrics") or {})
@@ -279,8 +316,19 @@ def test_tables_do_not_move_when_every_metric_moves_by_1e_9(tmp_path: Path, eps:
 
 
 def test_p_values_and_statistics_print_two_significant_digits():
-    cases = {0.0055: "0.0055", 0.00017: "0.00017", 1.234e-05: "1.2e-05", 0.000394: "0.00039", 0.5: "0.50",
-             1.0: "1.0", 0.0105: "0.011", 8.37: "8.4", 19.77: "20", 150.3: "150", math.nan: "n/a"}
+    cases = {
+        0.0055: "0.0055",
+        0.00017: "0.00017",
+        1.234e-05: "1.2e-05",
+        0.000394: "0.00039",
+        0.5: "0.50",
+        1.0: "1.0",
+        0.0105: "0.011",
+        8.37: "8.4",
+        19.77: "20",
+        150.3: "150",
+        math.nan: "n/a",
+    }
     assert {p: fmt_p(p) for p in cases if not math.isnan(p)} == {p: t for p, t in cases.items() if not math.isnan(p)}
     assert fmt_p(math.nan) == "n/a"
     assert [fmt_num(x) for x in (-1e-15, 1e-15, -4.031)] == ["0.00", "0.00", "-4.03"]  # no noise-signed zero

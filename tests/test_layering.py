@@ -1,5 +1,6 @@
 """The package's layers stay one-way: no import cycle (function-local imports included), each layer
 imports only the layers below it, and the report reads records without torch."""
+
 from __future__ import annotations
 
 import ast
@@ -115,8 +116,12 @@ def test_cycle_finder_finds_a_cycle():
 
 
 def test_layers_import_only_what_they_may():
-    wrong = [f"{m} -> {t}" for m, targets in graph().items() for t in sorted(targets)
-             if layer(t) not in ALLOWED[layer(m)] and layer(t) != "__init__"]
+    wrong = [
+        f"{m} -> {t}"
+        for m, targets in graph().items()
+        for t in sorted(targets)
+        if layer(t) not in ALLOWED[layer(m)] and layer(t) != "__init__"
+    ]
     assert wrong == []
 
 

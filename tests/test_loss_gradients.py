@@ -26,6 +26,7 @@ tensors as they are (``float64_passthrough``), so the checks run at float64 prec
 touching the code. The ``test_check_*`` tests show the checks bite: InfoMax's marginal entropy
 and UEO's weighted conditional entropy, detached or with a flipped sign, fail them.
 """
+
 from __future__ import annotations
 
 import math
@@ -97,6 +98,7 @@ def randn(*shape: int, seed: int = 0) -> torch.Tensor:
 
 # ---- the two checks --------------------------------------------------------------------------------
 
+
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     """``|got - want| / (|got| + |want|)`` (Frobenius norms): 0 when equal, 1 when one is zero."""
     den = (got.norm() + want.norm()).item()
@@ -125,11 +127,13 @@ def fd_grads(f: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], h: 
     for i, x in enumerate(base):
         g = torch.zeros_like(x)
         for j in range(x.numel()):
+
             def shifted(e: float, i=i, j=j) -> float:
                 xs = [b.clone() for b in base]
                 xs[i].view(-1)[j] += e
                 with torch.no_grad():
                     return f(*xs).item()
+
             g.view(-1)[j] = stencil(shifted, h)
         grads.append(g)
     return grads
@@ -145,8 +149,13 @@ def closed_error(f: Callable[..., torch.Tensor], want: Sequence[torch.Tensor], *
     return max(rel_err(a, w) for a, w in zip(autograd_grads(f, inputs), want))
 
 
-def param_fd_errors(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], h: float = 1e-4,
-                    seed: int = 0, groups: Sequence[Sequence[int]] | None = None) -> list[float]:
+def param_fd_errors(
+    loss_fn: Callable[[], torch.Tensor],
+    params: Sequence[torch.Tensor],
+    h: float = 1e-4,
+    seed: int = 0,
+    groups: Sequence[Sequence[int]] | None = None,
+) -> list[float]:
     """Per trainable tensor (or per group of them, given as positions in ``params``): autograd's
     derivative of ``loss_fn()`` along a random unit direction against the finite difference of
     ``loss_fn`` along it (the tensors moved in place, then restored)."""
@@ -177,8 +186,13 @@ def param_fd_errors(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.
     return errors
 
 
-def chain_errors(loss: torch.Tensor, outputs: Sequence[torch.Tensor], closed: Sequence[torch.Tensor],
-                 params: Sequence[torch.Tensor], direct: dict[int, torch.Tensor] | None = None) -> list[float]:
+def chain_errors(
+    loss: torch.Tensor,
+    outputs: Sequence[torch.Tensor],
+    closed: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    direct: dict[int, torch.Tensor] | None = None,
+) -> list[float]:
     """Per trainable tensor: autograd's gradient of ``loss`` against ``J^T g``, the hand-derived
     gradients ``closed`` of the loss with respect to the model's ``outputs`` pushed back by autograd,
     plus ``direct[id(p)]``, the hand-derived gradient of parameters the loss uses after those outputs."""
@@ -186,11 +200,14 @@ def chain_errors(loss: torch.Tensor, outputs: Sequence[torch.Tensor], closed: Se
     got = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     want = torch.autograd.grad(outputs, params, closed, retain_graph=True, allow_unused=True)
     zero = torch.zeros_like
-    return [rel_err(zero(p) if a is None else a, (zero(p) if w is None else w) + direct.get(id(p), zero(p)))
-            for p, a, w in zip(params, got, want)]
+    return [
+        rel_err(zero(p) if a is None else a, (zero(p) if w is None else w) + direct.get(id(p), zero(p)))
+        for p, a, w in zip(params, got, want)
+    ]
 
 
 # ---- closed forms --------------------------------------------------------------------------------------
+
 
 def softmax_vjp(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """``dL/dz`` from ``u = dL/dp`` for ``p = softmax(z)`` (last dim): ``p * (u - <p, u>)``."""
@@ -258,8 +275,15 @@ def d_cross_entropy(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return z.softmax(-1) - F.one_hot(target, z.shape[-1]).to(z.dtype)
 
 
-def d_contrastive(f: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, label: int | None,
-                  text: torch.Tensor, k_p: int, k_n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def d_contrastive(
+    f: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    label: int | None,
+    text: torch.Tensor,
+    k_p: int,
+    k_n: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(d/df, the positives' mask) of ROSITA's ``mean_j mask_j (-s_pos_j + logsumexp_n s_neg_n)``.
 
     With unit ``pos``/``neg`` rows and ``s = f . row``: ``(1/k_p) sum_j mask_j (-pos_j +
@@ -284,8 +308,14 @@ def test_entropy():
     assert fd_error(lambda q: entropy(q).sum(), p) < FD_TOL
     assert closed_error(lambda q: entropy(q).sum(), [d_entropy(p)], p) < CLOSED_TOL
     # one row weighted: the gradient is per row
-    assert closed_error(lambda q: (entropy(q) * torch.tensor([2.0, -1.0], dtype=DT)).sum(),
-                        [d_entropy(p) * torch.tensor([[2.0], [-1.0]], dtype=DT)], p) < CLOSED_TOL
+    assert (
+        closed_error(
+            lambda q: (entropy(q) * torch.tensor([2.0, -1.0], dtype=DT)).sum(),
+            [d_entropy(p) * torch.tensor([[2.0], [-1.0]], dtype=DT)],
+            p,
+        )
+        < CLOSED_TOL
+    )
 
 
 def test_softmax_entropy():
@@ -406,11 +436,14 @@ def test_rosita_contrastive_block(label):
     assert fd_error(f, f0) < FD_TOL
     assert closed_error(f, [want], f0) < CLOSED_TOL
     # the banks' side too (the method passes detached bank features; the block itself is differentiable)
-    assert fd_error(lambda a, b: rosita.contrastive(f0, list(a.split(1)), list(b.split(1)), label, text),
-                    pos, neg) < FD_TOL
+    assert (
+        fd_error(lambda a, b: rosita.contrastive(f0, list(a.split(1)), list(b.split(1)), label, text), pos, neg)
+        < FD_TOL
+    )
 
 
 # ---- the checks bite ------------------------------------------------------------------------------------
+
 
 def infomax_marginal_detached(logits, lam=1.0):
     p = logits.float().softmax(dim=-1)
@@ -449,7 +482,7 @@ def test_check_catches_infomax_marginal_detached_or_flipped():
 
 def test_check_catches_ueo_weighted_term_detached_or_flipped():
     dz, _ = d_ueo(LOGITS, WEIGHTS, 1.0)
-    on_logits = lambda fn: (lambda z: fn(z, WEIGHTS))
+    on_logits = lambda fn: lambda z: fn(z, WEIGHTS)
     assert ueo_weighted_detached(LOGITS, WEIGHTS).item() == pytest.approx(ueo_loss(LOGITS, WEIGHTS).item(), abs=1e-12)
     assert fd_error(on_logits(ueo_weighted_detached), LOGITS) > 100 * FD_TOL
     assert closed_error(on_logits(ueo_weighted_detached), [dz], LOGITS) > 100 * CLOSED_TOL
@@ -458,6 +491,7 @@ def test_check_catches_ueo_weighted_term_detached_or_flipped():
 
 
 # ---- the methods' losses on the tiny model, in float64 --------------------------------------------------
+
 
 def images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=gen(seed), dtype=DT)
@@ -570,7 +604,9 @@ def test_pseudo_label_loss():
     batch = {"index": idx, "images": data.images[idx].to(DT) / 255}
     ctx = adapter.contexts
     assert max(param_fd_errors(lambda: adapter.loss(batch), [ctx, ctx, ctx])) < FD_TOL  # three directions
-    logits = LOGIT_SCALE * adapter.model.image_features(batch["images"]) @ adapter.model.text_features_for(ctx[:1])[0].t()
+    logits = (
+        LOGIT_SCALE * adapter.model.image_features(batch["images"]) @ adapter.model.text_features_for(ctx[:1])[0].t()
+    )
     closed = d_cross_entropy(logits.detach(), adapter.labels[idx]) / len(idx)
     assert max(chain_errors(adapter.loss(batch), [logits], [closed], [ctx])) < CLOSED_TOL
 
@@ -671,8 +707,11 @@ def test_must_loss(monkeypatch):
     d_embed = -d_local.sum(1)
     d_q = normalize_vjp(q, d_local)
     d_tokens = d_pixels @ decoder.weight + d_q @ proj.t()
-    direct = {id(decoder.weight): torch.einsum("npo,npi->oi", d_pixels, t), id(decoder.bias): d_pixels.sum((0, 1)),
-              id(proj): torch.einsum("npi,npo->io", t, d_q)}  # the decoder and the tokens' projection
+    direct = {
+        id(decoder.weight): torch.einsum("npo,npi->oi", d_pixels, t),
+        id(decoder.bias): d_pixels.sum((0, 1)),
+        id(proj): torch.einsum("npi,npo->io", t, d_q),
+    }  # the decoder and the tokens' projection
     errors = chain_errors(loss, [logits, embed, tokens], [d_logits, d_embed, d_tokens], params, direct)
     assert max(errors) < CLOSED_TOL
 
@@ -732,8 +771,9 @@ def rosita_banks(text: torch.Tensor, label: int, own: torch.Tensor) -> tuple[lis
     unknown bank: features orthogonal to every class."""
     noise = lambda s: 0.05 * randn(text.shape[-1], seed=s)
     other = (label + 1) % len(text)
-    known = [own + noise(20), 0.55 * text[other] + 0.45 * own] + [text[(label + k) % len(text)] + noise(20 + k)
-                                                                     for k in (2, 3, 4)]
+    known = [own + noise(20), 0.55 * text[other] + 0.45 * own] + [
+        text[(label + k) % len(text)] + noise(20 + k) for k in (2, 3, 4)
+    ]
     basis = torch.linalg.qr(text.t()).Q
     unknown = []
     for s in range(6):

@@ -1,4 +1,5 @@
 """The entropy losses of UEO, InfoMax and TENT against values written out by hand with ``math``."""
+
 from __future__ import annotations
 
 import math

@@ -1,6 +1,7 @@
 """BoostAdapter: the shared caches' rules by hand, the whole stream against a transcription of the
 official arithmetic (taolinzhang/BoostAdapter @ 9983e1a ``runner.py``, ``utils.py``) on fixed
 features in both of its image modes, and runs on tiny and embedded models."""
+
 from __future__ import annotations
 
 import copy
@@ -34,6 +35,7 @@ def full_data(model, n: int, seed: int = 0) -> UnlabeledData:
 
 
 # ---- the official functions, transcribed ----------------------------------------------------------
+
 
 def official_update_cache(cache, pred, features_loss, shot_capacity, include_prob_map=False, fifo=True):
     """runner.py:52-64."""
@@ -82,13 +84,26 @@ def official_get_clip_logits(image_features, clip_weights, infer_ori_image):
     clip_logits = 100.0 * image_features @ clip_weights
     ori_feat, ori_output = image_features.clone(), clip_logits.clone()
     if infer_ori_image:
-        return (image_features[:1], clip_logits[:1], softmax_entropy(clip_logits[:1]), clip_logits[:1].softmax(1),
-                int(clip_logits[:1].topk(1, 1, True, True)[1].t()[0]), ori_feat, ori_output)
+        return (
+            image_features[:1],
+            clip_logits[:1],
+            softmax_entropy(clip_logits[:1]),
+            clip_logits[:1].softmax(1),
+            int(clip_logits[:1].topk(1, 1, True, True)[1].t()[0]),
+            ori_feat,
+            ori_output,
+        )
     selected = torch.argsort(softmax_entropy(clip_logits), descending=False)[: int(clip_logits.size(0) * 0.1)]
     output = clip_logits[selected]
-    return (image_features[selected].mean(0).unsqueeze(0), output.mean(0).unsqueeze(0), avg_entropy(output),
-            output.softmax(1).mean(0).unsqueeze(0), int(output.mean(0).unsqueeze(0).topk(1, 1, True, True)[1].t()),
-            ori_feat, ori_output)
+    return (
+        image_features[selected].mean(0).unsqueeze(0),
+        output.mean(0).unsqueeze(0),
+        avg_entropy(output),
+        output.softmax(1).mean(0).unsqueeze(0),
+        int(output.mean(0).unsqueeze(0).topk(1, 1, True, True)[1].t()),
+        ori_feat,
+        ori_output,
+    )
 
 
 def official_boostadapter(views, clip_weights, cfg, infer_ori_image):
@@ -97,7 +112,8 @@ def official_boostadapter(views, clip_weights, cfg, infer_ori_image):
     pos, neg = cfg["positive"], cfg["negative"]
     for feats in views:
         image_features, clip_logits, loss, prob_map, pred, ori_feat, ori_output = official_get_clip_logits(
-            feats, clip_weights, infer_ori_image)
+            feats, clip_weights, infer_ori_image
+        )
         prop_entropy = float(loss / math.log2(clip_weights.size(1)))
         official_update_cache(pos_cache, pred, [image_features, loss], pos["shot_capacity"], fifo=False)
         selected = torch.argsort(softmax_entropy(ori_output), descending=False)[: int(ori_output.size(0) * 0.1)]
@@ -105,27 +121,45 @@ def official_boostadapter(views, clip_weights, cfg, infer_ori_image):
         select_entropy = -(select_output.log_softmax(-1) * select_output.softmax(-1)).sum(-1)
         cur_pos_cache = copy.deepcopy(pos_cache)
         for i in range(select_entropy.shape[0]):
-            official_update_cache(cur_pos_cache, int(select_output[i].argmax(dim=-1).item()),
-                                  [select_feat[i].unsqueeze(0), select_entropy[i].item()],
-                                  pos["shot_capacity"] + cfg["delta"], fifo=False)
+            official_update_cache(
+                cur_pos_cache,
+                int(select_output[i].argmax(dim=-1).item()),
+                [select_feat[i].unsqueeze(0), select_entropy[i].item()],
+                pos["shot_capacity"] + cfg["delta"],
+                fifo=False,
+            )
         if neg["entropy_threshold"]["lower"] < prop_entropy < neg["entropy_threshold"]["upper"]:
             official_update_cache(neg_cache, pred, [image_features, loss, prob_map], neg["shot_capacity"], True)
         final = clip_logits.clone()
         final += official_cache_logits(image_features, cur_pos_cache, pos["alpha"], pos["beta"], clip_weights.size(1))
         if neg_cache:
-            final -= official_cache_logits(image_features, neg_cache, neg["alpha"], neg["beta"], clip_weights.size(1),
-                                           (neg["mask_threshold"]["lower"], neg["mask_threshold"]["upper"]))
+            final -= official_cache_logits(
+                image_features,
+                neg_cache,
+                neg["alpha"],
+                neg["beta"],
+                clip_weights.size(1),
+                (neg["mask_threshold"]["lower"], neg["mask_threshold"]["upper"]),
+            )
         out.append(final)
     return torch.cat(out)
 
 
-CFG = {"positive": {"shot_capacity": 3, "alpha": 2.0, "beta": 5.0},
-       "negative": {"shot_capacity": 2, "alpha": 0.117, "beta": 1.0, "entropy_threshold": {"lower": 0.2, "upper": 0.5},
-                    "mask_threshold": {"lower": 0.03, "upper": 1.0}},
-       "delta": 3}
+CFG = {
+    "positive": {"shot_capacity": 3, "alpha": 2.0, "beta": 5.0},
+    "negative": {
+        "shot_capacity": 2,
+        "alpha": 0.117,
+        "beta": 1.0,
+        "entropy_threshold": {"lower": 0.2, "upper": 0.5},
+        "mask_threshold": {"lower": 0.03, "upper": 1.0},
+    },
+    "delta": 3,
+}
 
 
 # ---- rules by hand -------------------------------------------------------------------------------
+
 
 def test_class_cache_keeps_the_official_entries_under_both_rules():
     """TDA's replace-the-worst rule equals BoostAdapter's append-sort-truncate (ties included), and the
@@ -138,8 +172,9 @@ def test_class_cache_keeps_the_official_entries_under_both_rules():
             f = torch.tensor([float(step)])
             ours.offer(label, f, h)
             official_update_cache(theirs, label, [f, h], 3, fifo=fifo)
-            assert {c: [e[0].item() for e in v] for c, v in ours.entries.items()} == \
-                   {c: [e[0].item() for e in v] for c, v in theirs.items()}
+            assert {c: [e[0].item() for e in v] for c, v in ours.entries.items()} == {
+                c: [e[0].item() for e in v] for c, v in theirs.items()
+            }
 
 
 def test_boosted_copy_grows_to_capacity_plus_delta_and_leaves_the_cache_alone():
@@ -154,8 +189,15 @@ def test_boosted_copy_grows_to_capacity_plus_delta_and_leaves_the_cache_alone():
 
 
 def test_fifo_negative_cache_drops_the_oldest():
-    caches = TDACaches({"pos_shot_capacity": 3, "neg_shot_capacity": 2, "neg_entropy_lower": 0.0,
-                        "neg_entropy_upper": 10.0, "neg_fifo": True})
+    caches = TDACaches(
+        {
+            "pos_shot_capacity": 3,
+            "neg_shot_capacity": 2,
+            "neg_entropy_lower": 0.0,
+            "neg_entropy_upper": 10.0,
+            "neg_fifo": True,
+        }
+    )
     for h in (0.3, 0.1, 0.2):
         caches.offer(1, torch.tensor([h]), h, torch.zeros(3), 3)
     assert [e[1] for e in caches.negative.entries[1]] == [0.1, 0.2]  # 0.3 was first in, first out
@@ -168,7 +210,9 @@ def test_stream_matches_the_official_arithmetic_on_fixed_features(image, monkeyp
     n, v, dim = 30, 20, 8
     common = torch.randn(dim, generator=g)  # similar classes: entropies inside the negative cache's window too
     text = F.normalize(common + 0.3 * torch.randn(K, dim, generator=g), dim=-1)
-    feats = F.normalize(common + 0.3 * torch.randn(n, v, dim, generator=g) + 0.3 * text[torch.arange(n) % K].unsqueeze(1), dim=-1)
+    feats = F.normalize(
+        common + 0.3 * torch.randn(n, v, dim, generator=g) + 0.3 * text[torch.arange(n) % K].unsqueeze(1), dim=-1
+    )
     model = make_classifier("vit")
     monkeypatch.setattr(model, "text_features", lambda: text)
     monkeypatch.setattr(boost, "view_features", lambda model, batch, views, augment, seed: feats[batch["index"]])
@@ -182,6 +226,7 @@ def test_stream_matches_the_official_arithmetic_on_fixed_features(image, monkeyp
 
 # ---- runs ------------------------------------------------------------------------------------------
 
+
 def test_boostadapter_trains_nothing_and_leaves_the_model_alone():
     model = make_classifier("vit")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -191,7 +236,9 @@ def test_boostadapter_trains_nothing_and_leaves_the_model_alone():
     zero = torch.cat([model(b["images"]).detach() for b in data.batches(10)])
     logits = stream(method, data)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert not torch.allclose(logits, zero, atol=1e-3) and {"positive_cache", "boosted_cache"} <= set(method.history[-1])
+    assert not torch.allclose(logits, zero, atol=1e-3) and {"positive_cache", "boosted_cache"} <= set(
+        method.history[-1]
+    )
     same = stream(get_method("boostadapter")(make_classifier("vit"), {"views": 8, "batch_size": 10}, seed=0), data)
     assert torch.allclose(same, logits, atol=1e-4)  # batching only groups the encoding
 

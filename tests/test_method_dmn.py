@@ -1,5 +1,6 @@
 """DMN-ZS: the memory's rules by hand, the whole stream against a transcription of DMN's official
 arithmetic (YBZh/DMN @ c6c218c ``dmn_main.py``) on fixed features, and runs on tiny and embedded models."""
+
 from __future__ import annotations
 
 import math
@@ -29,6 +30,7 @@ def full_data(model, n: int, seed: int = 0) -> UnlabeledData:
 
 # ---- rules by hand -------------------------------------------------------------------------------
 
+
 def test_memory_fills_then_replaces_its_highest_entropy_slot_only_with_a_lower_one():
     mem = dmn.DynamicMemory(num_classes=2, size=2, dim=2)
     mem.write(1, torch.tensor([1.0, 0.0]), 0.5)
@@ -37,7 +39,9 @@ def test_memory_fills_then_replaces_its_highest_entropy_slot_only_with_a_lower_o
     mem.write(1, torch.tensor([0.6, 0.8]), 0.5)  # not lower than the worst (0.5): ignored
     assert mem.features[1, 0].tolist() == [1.0, 0.0]
     mem.write(1, torch.tensor([0.6, 0.8]), 0.4)  # replaces slot 0 (entropy 0.5)
-    assert mem.features[1, 0].tolist() == pytest.approx([0.6, 0.8]) and mem.entropy[1].tolist() == pytest.approx([0.4, 0.3])
+    assert mem.features[1, 0].tolist() == pytest.approx([0.6, 0.8]) and mem.entropy[1].tolist() == pytest.approx(
+        [0.4, 0.3]
+    )
     assert len(mem) == 2 and mem.features[0].abs().sum() == 0
 
 
@@ -70,8 +74,10 @@ def test_confident_probs_and_the_mixed_prediction_by_hand():
 
 # ---- the official arithmetic, transcribed --------------------------------------------------------
 
-def official_dmn(views: list[torch.Tensor], text: torch.Tensor, beta: float, beta2: float, memory_size: int,
-                 selection: float) -> torch.Tensor:
+
+def official_dmn(
+    views: list[torch.Tensor], text: torch.Tensor, beta: float, beta2: float, memory_size: int, selection: float
+) -> torch.Tensor:
     """DMN's zero-shot loop (dmn_main.py:734-783, 850; get_image_pred :182-246; update_memory_bank
     :156-179; select_confident_samples :108-113; get_text_prediction :297-312), with the dynamic
     memory initialised as in fix_clip.py:384-398; returns each image's ``pred_vanilla + beta2 * pred_global``."""
@@ -116,12 +122,15 @@ def test_stream_matches_the_official_arithmetic_on_fixed_features(beta2, monkeyp
     g = torch.Generator().manual_seed(0)
     n, v, dim = 14, 10, 8
     text = torch.nn.functional.normalize(torch.randn(K, dim, generator=g), dim=-1)
-    feats = torch.nn.functional.normalize(torch.randn(n, v, dim, generator=g) + 0.6 * text[torch.arange(n) % K].unsqueeze(1), dim=-1)
+    feats = torch.nn.functional.normalize(
+        torch.randn(n, v, dim, generator=g) + 0.6 * text[torch.arange(n) % K].unsqueeze(1), dim=-1
+    )
     model = make_classifier("vit")
     monkeypatch.setattr(model, "text_features", lambda: text)
     monkeypatch.setattr(dmn, "view_features", lambda model, batch, views, augment, seed: feats[batch["index"]])
-    method = get_method("dmn")(model, {"views": v, "selection": 0.3, "memory_size": 2, "beta2": beta2,
-                                       "batch_size": 4}, seed=0)
+    method = get_method("dmn")(
+        model, {"views": v, "selection": 0.3, "memory_size": 2, "beta2": beta2, "batch_size": 4}, seed=0
+    )
     got = stream(method, full_data(model, n))
     expected = official_dmn(list(feats), text, 5.5, beta2, 2, 0.3)
     assert torch.allclose(got.softmax(-1), expected / (1 + beta2), atol=1e-5)
@@ -129,6 +138,7 @@ def test_stream_matches_the_official_arithmetic_on_fixed_features(beta2, monkeyp
 
 
 # ---- runs ------------------------------------------------------------------------------------------
+
 
 def test_dmn_trains_nothing_leaves_the_model_alone_and_reads_after_writing():
     model = make_classifier("vit")
@@ -142,9 +152,13 @@ def test_dmn_trains_nothing_leaves_the_model_alone_and_reads_after_writing():
     assert max(method.memory.count) <= 2 and not torch.allclose(logits, zero, atol=1e-3)
     assert method.history and "memory" in method.history[-1]
     assert not torch.allclose(logits[0], zero[0], atol=1e-3)  # the first image already attends to itself
-    read_first = stream(get_method("dmn")(make_classifier("vit"), {"views": 4, "memory_size": 2, "write_first": False}, seed=0), data)
+    read_first = stream(
+        get_method("dmn")(make_classifier("vit"), {"views": 4, "memory_size": 2, "write_first": False}, seed=0), data
+    )
     assert torch.allclose(read_first[0], zero[0], atol=1e-3)  # an empty memory reads the text logits back
-    same = stream(get_method("dmn")(make_classifier("vit"), {"views": 4, "memory_size": 2, "batch_size": 9}, seed=0), data)
+    same = stream(
+        get_method("dmn")(make_classifier("vit"), {"views": 4, "memory_size": 2, "batch_size": 9}, seed=0), data
+    )
     assert torch.allclose(same, logits, atol=1e-4)  # batching only groups the encoding
 
 

@@ -1,6 +1,7 @@
 """DPE: its rules against hand-computed cases, its closed-form step against autograd and torch's
 AdamW, a whole stream against a transcription of the official per-image loop, reset, batching,
 and a run on the embedded model."""
+
 from __future__ import annotations
 
 import math
@@ -10,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_classifier, make_data
 
 from benchmark.adapt.unlabeled import UnlabeledData
 from benchmark.registry import get_method
-from conftest import make_classifier, make_data
 from methods.dpe import PrototypeQueues, adamw_first_step, info_nce, residual_gradients
 
 
@@ -28,6 +29,7 @@ def stream(adapter, data: UnlabeledData) -> torch.Tensor:
 
 
 # ---- the rules, by hand ------------------------------------------------------------------------
+
 
 def test_info_nce_by_hand():
     q = torch.tensor([[1.0, 0.0], [2.0, 0.0]])  # rows are normalised first: both become (1, 0)
@@ -70,6 +72,7 @@ def test_queues_keep_the_lowest_entropies_and_average_them():
 # Written from the official formulas in the official layout (text features as D x K columns),
 # with autograd and torch's AdamW, independently of methods/dpe.py.
 
+
 def official_avg_entropy(outputs):  # utils.py:55-60
     logits = outputs - outputs.logsumexp(dim=-1, keepdim=True)
     avg_logits = logits.logsumexp(dim=0) - np.log(logits.shape[0])
@@ -89,8 +92,12 @@ def official_clip_logits(feats, clip_weights, selection):  # utils.py:132-163, t
         batch_entropy = -(clip_logits.softmax(1) * clip_logits.log_softmax(1)).sum(1)
         selected_idx = torch.argsort(batch_entropy, descending=False)[: int(batch_entropy.size()[0] * selection)]
         output = clip_logits[selected_idx]
-        return (feats[selected_idx].mean(0).unsqueeze(0), output.mean(0).unsqueeze(0), official_avg_entropy(output),
-                int(output.mean(0).unsqueeze(0).topk(1, 1, True, True)[1].t()))
+        return (
+            feats[selected_idx].mean(0).unsqueeze(0),
+            output.mean(0).unsqueeze(0),
+            official_avg_entropy(output),
+            int(output.mean(0).unsqueeze(0).topk(1, 1, True, True)[1].t()),
+        )
     loss = -(clip_logits.softmax(1) * clip_logits.log_softmax(1)).sum(1)
     return feats, clip_logits, loss, int(clip_logits.topk(1, 1, True, True)[1].t()[0])
 
@@ -144,9 +151,12 @@ def official_stream(view_feats, text, cfg, dataset_name, selection):
         final_logits = clip_logits.clone() + official_cache_logits(x, new_keys, values, cfg["alpha"], cfg["beta"])
         loss = official_avg_entropy(final_logits)
         loss = loss + official_info_nce(new_keys.T, new_clip_weights[:, all_classes].T) * cfg["align"]
-        optimizer = torch.optim.AdamW([
-            {"params": [text_residual], "lr": cfg["text"], "eps": 1e-3, "weight_decay": 1e-1},
-            {"params": [cache_residual], "lr": cfg["image"], "eps": 1e-3, "weight_decay": 1e-1}])
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": [text_residual], "lr": cfg["text"], "eps": 1e-3, "weight_decay": 1e-1},
+                {"params": [cache_residual], "lr": cfg["image"], "eps": 1e-3, "weight_decay": 1e-1},
+            ]
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -156,11 +166,14 @@ def official_stream(view_feats, text, cfg, dataset_name, selection):
                 f, clip_logits, _, _ = official_clip_logits(feats, new_clip_weights, selection)
             else:
                 f, clip_logits, _, _ = official_clip_logits(feats[:1], new_clip_weights, selection)
-            final_logits = clip_logits + official_cache_logits(f, F.normalize(keys + cache_residual, dim=0), values,
-                                                               cfg["alpha"], cfg["beta"])
+            final_logits = clip_logits + official_cache_logits(
+                f, F.normalize(keys + cache_residual, dim=0), values, cfg["alpha"], cfg["beta"]
+            )
             if float(official_avg_entropy(final_logits) / log2k) < 0.1:
                 num_avg += 1
-                clip_weights_global = clip_weights_global * (num_avg / (num_avg + 1)) + new_clip_weights * (1 / (num_avg + 1))
+                clip_weights_global = clip_weights_global * (num_avg / (num_avg + 1)) + new_clip_weights * (
+                    1 / (num_avg + 1)
+                )
         outs.append(final_logits[0])
     return torch.stack(outs), clip_weights_global
 
@@ -181,8 +194,9 @@ def test_residual_gradients_equal_autograd_through_the_official_formulas():
     loss = official_avg_entropy(final) + 0.5 * official_info_nce(keys.T, w[:, classes].T)
     loss.backward()
     norms, key_norms = glob.norm(dim=1, keepdim=True), protos.norm(dim=1, keepdim=True)
-    got, g_text, g_keys = residual_gradients(x, glob / norms, norms, protos / key_norms, key_norms, classes,
-                                             6.0, 5.0, 0.5, 0.01)
+    got, g_text, g_keys = residual_gradients(
+        x, glob / norms, norms, protos / key_norms, key_norms, classes, 6.0, 5.0, 0.5, 0.01
+    )
     assert got.item() == pytest.approx(loss.item(), rel=1e-5)
     assert torch.allclose(g_text, r_t.grad.t(), rtol=1e-4, atol=1e-7)
     assert torch.allclose(g_keys, r_c.grad.t(), rtol=1e-4, atol=1e-7)
@@ -198,7 +212,9 @@ def _structured_views(n: int, v: int, text: torch.Tensor, seed: int) -> torch.Te
     return F.normalize(centre[:, None] + noise, dim=-1)
 
 
-@pytest.mark.parametrize("views,predict_view,dataset", [(6, "original", "I"), (6, "confident", "A"), (1, "original", "C")])
+@pytest.mark.parametrize(
+    "views,predict_view,dataset", [(6, "original", "I"), (6, "confident", "A"), (1, "original", "C")]
+)
 def test_stream_equals_the_official_loop(views, predict_view, dataset):
     """Same view features in, same logits and global text features out as main_dpe.py's loop
     (ImageNet's setting: confident views adapt, the original is predicted; ImageNet-A's: the
@@ -225,10 +241,18 @@ def test_stream_equals_the_official_loop(views, predict_view, dataset):
 
 # ---- the method's behaviour ---------------------------------------------------------------------
 
+
 def test_defaults_are_the_imagenet_setting():
     hp = get_method("dpe").hparam_defaults()
     assert {k: hp[k] for k in ("alpha", "beta", "lr", "align", "shot_capacity", "eps", "weight_decay")} == {
-        "alpha": 6.0, "beta": 5.0, "lr": 6e-4, "align": 0.5, "shot_capacity": 3, "eps": 1e-3, "weight_decay": 0.1}
+        "alpha": 6.0,
+        "beta": 5.0,
+        "lr": 6e-4,
+        "align": 0.5,
+        "shot_capacity": 3,
+        "eps": 1e-3,
+        "weight_decay": 0.1,
+    }
     assert hp["views"] == 64 and hp["predict_view"] == "original" and hp["regime"] == "online"
     dpe = get_method("dpe")(make_classifier("vit"), {}, seed=0)
     augment = dpe.view_augment()
@@ -251,8 +275,9 @@ def test_global_text_update_first_weighs_half_and_is_never_renormalised():
     # by hand: the image alone in its queue, the residual step, then T = T0 / 2 + t1 / 2
     label = int((x @ init.t()).argmax())
     key = x / x.norm()
-    _, g_text, _ = residual_gradients(x, init, torch.ones(len(init), 1), key[None], x.norm().view(1, 1),
-                                      torch.tensor([label]), 6.0, 5.0, 0.5, 0.01)
+    _, g_text, _ = residual_gradients(
+        x, init, torch.ones(len(init), 1), key[None], x.norm().view(1, 1), torch.tensor([label]), 6.0, 5.0, 0.5, 0.01
+    )
     t1 = F.normalize(init + adamw_first_step(g_text, 0.05, 1e-3), dim=-1)
     assert always.updates == 1
     assert torch.allclose(always.text_global, (init + t1) / 2, atol=1e-6)
@@ -304,8 +329,9 @@ def test_runs_on_the_embedded_model():
     loaded = load_clip("clipbench-tiny", "embedded")
     split = load_split("synthetic", "sketch", "oda", resolution=loaded.image_size, full=True)
     rows = torch.arange(0, len(split.test.images), 4)
-    data = UnlabeledData(split.test.images[rows], full=split.test.full[rows],
-                         sizes=np.asarray(split.test.sizes)[rows.numpy()], seed=0)
+    data = UnlabeledData(
+        split.test.images[rows], full=split.test.full[rows], sizes=np.asarray(split.test.sizes)[rows.numpy()], seed=0
+    )
     model = ClipClassifier(loaded, split.classnames)
     zero = torch.cat([model(b["images"]).detach() for b in data.batches(64)])
     dpe = get_method("dpe")(model, {"views": 1}, seed=1)

@@ -1,4 +1,5 @@
 """MTA: the solver against a transcription of the official arithmetic and hand cases; training-free; a stream run."""
+
 from __future__ import annotations
 
 import math
@@ -7,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_classifier, make_data
 
 from benchmark.adapt.unlabeled import UnlabeledData
 from benchmark.registry import get_method
-from conftest import make_classifier, make_data
 from methods.mta import mta_modes
 
 
-def official_mta(x: torch.Tensor, text: torch.Tensor, lambda_y: float = 0.2, lambda_q: float = 4,
-                 logit_scale: float = 100.0) -> torch.Tensor:
+def official_mta(
+    x: torch.Tensor, text: torch.Tensor, lambda_y: float = 0.2, lambda_q: float = 4, logit_scale: float = 100.0
+) -> torch.Tensor:
     """MaxZanella/MTA @ cafafdf ``mta.py:4-87`` re-typed for one image's (N, D) features: its logits."""
     logits = x @ text.t() * logit_scale
     n = x.shape[0]
@@ -26,7 +28,7 @@ def official_mta(x: torch.Tensor, text: torch.Tensor, lambda_y: float = 0.2, lam
     affinity = logits.softmax(1) @ logits.softmax(1).t()
 
     def kernel(mu):
-        return torch.exp(-torch.norm(x - mu, dim=-1, p=2) ** 2 / (2 * bandwidth**2))
+        return torch.exp(-(torch.norm(x - mu, dim=-1, p=2) ** 2) / (2 * bandwidth**2))
 
     y = torch.ones(n) / n
     mode = x[0]
@@ -75,8 +77,15 @@ def test_symmetric_views_keep_the_mode_on_the_axis_by_hand():
     # original on the axis, two symmetric pairs around it: every weight of a pair is equal, so the
     # weighted mean (normalised) stays on the axis whatever the scores.
     a, b = math.radians(20), math.radians(40)
-    pts = torch.tensor([[1.0, 0.0], [math.cos(a), math.sin(a)], [math.cos(a), -math.sin(a)],
-                        [math.cos(b), math.sin(b)], [math.cos(b), -math.sin(b)]])
+    pts = torch.tensor(
+        [
+            [1.0, 0.0],
+            [math.cos(a), math.sin(a)],
+            [math.cos(a), -math.sin(a)],
+            [math.cos(b), math.sin(b)],
+            [math.cos(b), -math.sin(b)],
+        ]
+    )
     text = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])  # symmetric too, so a pair has the same logits
     mode, y = mta_modes(pts.unsqueeze(0), 100 * pts.unsqueeze(0) @ text.t(), 0.2, 4.0)
     assert torch.allclose(mode[0], torch.tensor([1.0, 0.0]), atol=1e-6)

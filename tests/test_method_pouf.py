@@ -1,6 +1,7 @@
 """POUF: its two losses by hand and against a transcription of the official arithmetic, what trains
 at which rate, the schedule, the official iteration budget (500 batches per epoch), and a run on the
 embedded benchmark."""
+
 from __future__ import annotations
 
 import math
@@ -37,6 +38,7 @@ def count_steps(adapter) -> list:
 
 
 # ---- the losses ------------------------------------------------------------------------------------
+
 
 def test_transport_loss_by_hand():
     """Two images, two classes: both plans worked out on paper."""
@@ -87,6 +89,7 @@ def test_loss_and_its_gradient_match_the_official_arithmetic():
 
 # ---- what trains, at which rate ----------------------------------------------------------------------
 
+
 def test_prompt_tuning_trains_the_context_and_the_logit_scale_at_their_official_rates():
     pouf = build("vit")
     assert {n for n, p in pouf.model.named_parameters() if p.requires_grad} == {"prompt.ctx"}
@@ -117,11 +120,12 @@ def test_frozen_logit_scale_is_an_option():
 
 # ---- schedule and budget -----------------------------------------------------------------------------
 
+
 def test_inverse_decay_schedule_counts_iterations_not_the_budget():
     pouf = build("vit")
     for t in (0, 1, 499, 4999):
         assert pouf.lr_factor(t, 10, 0) == pytest.approx((1 + 2e-4 * t) ** -0.75)
-    assert pouf.lr_factor(5000, 5000, 0) == pytest.approx(2 ** -0.75)  # where the official 10 x 500 ends
+    assert pouf.lr_factor(5000, 5000, 0) == pytest.approx(2**-0.75)  # where the official 10 x 500 ends
 
 
 def test_forever_batches_are_whole_reshuffled_passes_that_run_across_epochs():
@@ -132,7 +136,7 @@ def test_forever_batches_are_whole_reshuffled_passes_that_run_across_epochs():
     epochs = [[b["index"].tolist() for b in stream.batches(3, generator=g)] for _ in range(2)]
     flat = [b for e in epochs for b in e]
     assert all(len(b) == 3 for b in flat) and len(flat) == 8
-    passes = [flat[i:i + 3] for i in range(0, 8, 3)]  # 10 images: 3 batches a pass, 1 image dropped
+    passes = [flat[i : i + 3] for i in range(0, 8, 3)]  # 10 images: 3 batches a pass, 1 image dropped
     for p in passes:
         seen = [i for b in p for i in b]
         assert len(seen) == len(set(seen))
@@ -165,7 +169,8 @@ def test_one_step_by_hand():
     ctx = model.prompt.ctx.detach().clone().requires_grad_(True)
     scale = torch.tensor(math.log(100.0), requires_grad=True)
     text = torch.nn.functional.normalize(
-        model._encode_prompt_embeddings(model.prompt.embeddings(ctx.unsqueeze(0)), model.prompt.tokens).float(), dim=-1)
+        model._encode_prompt_embeddings(model.prompt.embeddings(ctx.unsqueeze(0)), model.prompt.tokens).float(), dim=-1
+    )
     sim = model.image_features(images).detach() @ text.t()
     loss = official_pouf_loss(sim, scale)
     g_ctx, g_scale = torch.autograd.grad(loss, [ctx, scale])
@@ -189,13 +194,21 @@ def test_reset_restores_context_and_logit_scale():
 
 # ---- the embedded benchmark ----------------------------------------------------------------------------
 
+
 def test_a_short_run_on_the_embedded_benchmark(tmp_path):
     from benchmark.run.runner import execute
     from benchmark.run.sweep import SweepRequest, build_sweep
 
     hp = {"epochs": 1, "iters_per_epoch": 3, "lr": 3e-2}
-    req = SweepRequest(methods=["pouf"], datasets=["synthetic"], seeds=[1], model="clipbench-tiny",
-                       pretrained="embedded", domains=["sketch"], overrides={"pouf": hp})
+    req = SweepRequest(
+        methods=["pouf"],
+        datasets=["synthetic"],
+        seeds=[1],
+        model="clipbench-tiny",
+        pretrained="embedded",
+        domains=["sketch"],
+        overrides={"pouf": hp},
+    )
     rec = execute(build_sweep(req)[0], tmp_path)
     assert rec["status"] == "done", rec.get("traceback")
     assert rec["regime"] == "transductive" and rec["precision"] == "fp32"

@@ -1,17 +1,20 @@
 """ZERO: the vote against hand-computed cases and a transcription of the official arithmetic; training-free; a stream run."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import make_classifier, make_data
 
 from benchmark.adapt.unlabeled import UnlabeledData
 from benchmark.registry import get_method
-from conftest import make_classifier, make_data
 from methods.zero import zero_votes
 
 
-def official_zero(l: torch.Tensor, gamma: float, official_fallback: bool = True, logit_scale: float = 100.0) -> torch.Tensor:
+def official_zero(
+    l: torch.Tensor, gamma: float, official_fallback: bool = True, logit_scale: float = 100.0
+) -> torch.Tensor:
     """FarinaMatteo/zero @ c609f7c, ``ttas/zero.py:75-98`` with ``ttas/base.py:56-62`` and
     ``utils/tools.py:205-218``, re-typed for one image's (V, K) cosines ``l`` (the ``eps`` of
     their type). ``official_fallback``: its tie-break fallback as written (``logit[~ties]``);
@@ -85,8 +88,14 @@ def test_official_arithmetic_with_fp16_fractional_votes_and_float32():
 def test_the_official_fallback_can_give_the_vote_to_an_untied_class_and_ours_cannot():
     # ties {0, 1}; neither remaining view names 0 or 1; the official mask ~[0, 1] = [-1, -2] blanks
     # classes 4 and 3 (indexing from the end), so the extra vote goes to the untied class 2.
-    l = torch.tensor([[0.50, 0.0, 0.0, 0.0, 0.0], [0.0, 0.49, 0.0, 0.0, 0.0],
-                      [0.0, 0.10, 0.15, 0.30, 0.20], [0.0, 0.0, 0.01, 0.0, 0.0]])
+    l = torch.tensor(
+        [
+            [0.50, 0.0, 0.0, 0.0, 0.0],
+            [0.0, 0.49, 0.0, 0.0, 0.0],
+            [0.0, 0.10, 0.15, 0.30, 0.20],
+            [0.0, 0.0, 0.01, 0.0, 0.0],
+        ]
+    )
     assert official_zero(l, 0.5).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
     assert zero_votes(l.unsqueeze(0), 0.5, "argmax")[0].tolist() == [1.0, 2.0, 0.0, 0.0, 0.0]
     assert torch.equal(zero_votes(l.unsqueeze(0), 0.5, "eps")[0], official_zero(l, 0.5, official_fallback=False))
@@ -118,6 +127,7 @@ def test_zero_trains_nothing_and_predicts_vote_fractions_on_clip_scale():
     batch = next(data.batches(7, views=zero.stream_views()))
     feats = zero.model.image_features(batch["images"])
     from benchmark.adapt.views import view_features
+
     assert torch.allclose(view_features(model, batch, 8, zero.view_augment(), 0)[:, 0], feats, atol=1e-5)
 
 

@@ -1,6 +1,7 @@
 """Every registered method, on the embedded benchmark, in every regime it declares: it adapts,
 predicts validly, changes something, and never sees a label. Plus a method kept in a user's own
 file (``--plugins``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,12 +10,12 @@ import numpy as np
 import pytest
 
 import benchmark.run.runner as runner
+from benchmark.adapt.scores import score_names
 from benchmark.cli import main
 from benchmark.core.records import load_records
-from benchmark.registry import get_method, method_names
 from benchmark.core.spec import RunSpec
+from benchmark.registry import get_method, method_names
 from benchmark.run.runner import execute
-from benchmark.adapt.scores import score_names
 from benchmark.run.sweep import SweepRequest, build_sweep
 
 SHORT = {"epochs": 1}
@@ -24,8 +25,15 @@ def _spec(method: str, **hp) -> RunSpec:
     """The embedded benchmark's run of ``method`` on sketch, seed 1 (its budget, one epoch)."""
     cls = get_method(method)
     short = {k: v for k, v in SHORT.items() if k in cls.hparam_defaults()}
-    req = SweepRequest(methods=[method], datasets=["synthetic"], seeds=[1], model="clipbench-tiny",
-                       pretrained="embedded", domains=["sketch"], overrides={method: {**short, **hp}})
+    req = SweepRequest(
+        methods=[method],
+        datasets=["synthetic"],
+        seeds=[1],
+        model="clipbench-tiny",
+        pretrained="embedded",
+        domains=["sketch"],
+        overrides={method: {**short, **hp}},
+    )
     return build_sweep(req)[0]
 
 
@@ -85,6 +93,7 @@ def test_labels_never_reach_a_method(method: str, tmp_path: Path, monkeypatch):
                 split.adapt.labels[:] = rng.permutation(split.adapt.labels)
                 split.test.labels[:] = rng.permutation(split.test.labels)
             return split
+
         return fake
 
     preds = []
@@ -98,10 +107,10 @@ def test_labels_never_reach_a_method(method: str, tmp_path: Path, monkeypatch):
 
 
 def test_unlabeled_batches_carry_no_labels():
-    from benchmark.adapt.unlabeled import UnlabeledData
     import torch
 
     from benchmark.adapt.augment import Augment
+    from benchmark.adapt.unlabeled import UnlabeledData
 
     data = UnlabeledData(torch.zeros(5, 3, 8, 8, dtype=torch.uint8))
     batch = next(data.batches(4, views={"images": Augment("none"), "images_strong": Augment("rrc")}))
@@ -138,7 +147,7 @@ class NormEntropy(Adapter):
 IMPORTS = {
     "public": "from benchmark import Adapter, register_method\nfrom benchmark.adapt.losses import softmax_entropy",
     "old_readme": "from benchmark.adapter import Adapter\nfrom benchmark.losses import softmax_entropy\n"
-                  "from benchmark.registry import register_method",
+    "from benchmark.registry import register_method",
 }
 
 
@@ -150,8 +159,19 @@ def test_plugin_method_from_outside_the_repo(tmp_path: Path, capsys, style):
     name = f"my_norm_entropy_{style}"
     plugin.write_text(PLUGIN.replace("{imports}", IMPORTS[style]).replace("my_norm_entropy", name))
     out = tmp_path / "out"
-    argv = ["--plugins", str(plugin), "--methods", name, "zero_shot", "--domains", "sketch",
-            "--seeds", "1", "--out", str(out)]
+    argv = [
+        "--plugins",
+        str(plugin),
+        "--methods",
+        name,
+        "zero_shot",
+        "--domains",
+        "sketch",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     records = load_records(out)
     assert {r["spec"]["method"] for r in records} == {name, "zero_shot"}

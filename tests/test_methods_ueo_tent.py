@@ -1,4 +1,5 @@
 """UEO, InfoMax and TENT on the tiny ViT and ResNet: what trains, in which mode, and what is recorded."""
+
 from __future__ import annotations
 
 import re
@@ -248,7 +249,12 @@ def test_tent_recipe_preset_is_expanded_into_the_recorded_hparams():
     tent = get_method("tent")
     default = tent.resolve_hparams({})
     assert (default["recipe"], default["optimizer"], default["lr"], default["momentum"], default["batch_size"]) == (
-        "imagenet", "sgd", 2.5e-4, 0.9, 64)
+        "imagenet",
+        "sgd",
+        2.5e-4,
+        0.9,
+        64,
+    )
     assert (default["epochs"], default["steps"], default["episodic"], default["augment"]) == (1, 1, False, "none")
     cifar = tent.resolve_hparams({"recipe": "cifar"})
     assert (cifar["optimizer"], cifar["lr"], cifar["batch_size"]) == ("adam", 1e-3, 200)
@@ -266,9 +272,18 @@ def test_ueo_and_infomax_defaults_follow_the_recipe():
         hp = get_method(name).resolve_hparams({})
         assert (hp["optimizer"], hp["lr"], hp["momentum"], hp["weight_decay"]) == ("sgd", 1e-4, 0.0, 0.0)
         assert (hp["schedule"], hp["batch_size"], hp["epochs"], hp["lam"], hp["augment"]) == (
-            "cosine", 64, 50, 1.0, "rrc")
+            "cosine",
+            64,
+            50,
+            1.0,
+            "rrc",
+        )
         assert (hp["crop_scale"], hp["interpolation"], hp["nesterov"], hp["drop_last"]) == (
-            [0.5, 1.0], "bicubic", False, False)
+            [0.5, 1.0],
+            "bicubic",
+            False,
+            False,
+        )
         assert (hp["schedule_step"], hp["precision"], hp["regime"]) == ("iteration", "official", "transductive")
 
 
@@ -278,8 +293,11 @@ def nan_like(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "method, module, attr",
-    [("ueo", methods.ueo, "ueo_loss"), ("infomax", methods.infomax, "infomax_loss"),
-     ("tent", methods.tent, "softmax_entropy")],
+    [
+        ("ueo", methods.ueo, "ueo_loss"),
+        ("infomax", methods.infomax, "infomax_loss"),
+        ("tent", methods.tent, "softmax_entropy"),
+    ],
 )
 def test_nan_loss_raises(monkeypatch, method, module, attr):
     monkeypatch.setattr(module, attr, lambda logits, *args, **kwargs: nan_like(logits))

@@ -1,4 +1,5 @@
 """Tests of benchmark.core.metrics: hand-computed cases, bounds, brute-force cross-checks."""
+
 from __future__ import annotations
 
 import math
@@ -13,13 +14,13 @@ from benchmark.core.metrics import (
     auroc,
     average_precision,
     fpr_at_tpr,
-    otsu_threshold,
-    unida_hscore,
     harmonic_mean,
     open_set_metrics,
     oscr,
+    otsu_threshold,
     per_class_accuracy,
     roc_curve,
+    unida_hscore,
 )
 
 
@@ -315,8 +316,19 @@ class TestUnidaHScore:
 
 class TestOpenSetMetrics:
     def test_keys_and_constants(self):
-        assert METRIC_NAMES == ("acc", "acc_pc", "auroc", "fpr95", "aupr_in", "aupr_out", "oscr", "hm_accpc_auroc",
-                                "hos", "hos_known", "hos_unknown")
+        assert METRIC_NAMES == (
+            "acc",
+            "acc_pc",
+            "auroc",
+            "fpr95",
+            "aupr_in",
+            "aupr_out",
+            "oscr",
+            "hm_accpc_auroc",
+            "hos",
+            "hos_known",
+            "hos_unknown",
+        )
         assert set(HIGHER_IS_BETTER) == set(METRIC_NAMES)
         assert HIGHER_IS_BETTER["fpr95"] is False
         assert all(v for key, v in HIGHER_IS_BETTER.items() if key != "fpr95")

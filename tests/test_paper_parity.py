@@ -1,4 +1,5 @@
 """Paper parity: per-data-set recipes versus departures, precision, the official views and variants."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,21 +7,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_classifier, make_data
 
 from benchmark.adapt.augment import Augment, ImageBatch, crop_resample, resize_crop_boxes, rrc_boxes
 from benchmark.cli import main
+from benchmark.core.hparams import method_label
 from benchmark.model.precision import PrecisionError, effective_precision, to_fp16_weights
 from benchmark.registry import get_method
-from benchmark.core.hparams import method_label
 from benchmark.run.sweep import SweepRequest, build_sweep, recipe_hparams
-from conftest import make_classifier, make_data
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "ueo_paper.py")
 
 
 def _spec(method: str, dataset: str, domain: str, **over):
-    req = SweepRequest(methods=[method], datasets=[dataset], seeds=[1], model="ViT-B-16", pretrained="openai",
-                       domains=[domain], overrides={method: over} if over else None)
+    req = SweepRequest(
+        methods=[method],
+        datasets=[dataset],
+        seeds=[1],
+        model="ViT-B-16",
+        pretrained="openai",
+        domains=[domain],
+        overrides={method: over} if over else None,
+    )
     return build_sweep(req)[0]
 
 
@@ -36,19 +44,47 @@ def test_domainnet_ueo_recipe_is_five_epochs_and_no_departure():
     for method in ("ueo", "infomax"):
         hp = _hparams(method, "domainnet", "clipart")
         assert hp["epochs"] == 5 and recipe_hparams(method, "domainnet")["epochs"] == 5
-        assert _spec(method, "domainnet", "clipart").departures == {} and _label(method, "domainnet", "clipart") == method
+        assert (
+            _spec(method, "domainnet", "clipart").departures == {} and _label(method, "domainnet", "clipart") == method
+        )
         assert _hparams(method, "office_home", "Art")["epochs"] == 50
     assert _label("ueo", "domainnet", "clipart", epochs=7) == "ueo (epochs=7)"
     assert _label("ueo", "office_home", "Art", epochs=5) == "ueo (epochs=5)"
 
 
 def test_paper_config_dry_run_lists_resolved_hparams(capsys):
-    assert main(["--config", CONFIG, "--dry-run", "--show-hparams", "--datasets", "domainnet", "--domains", "sketch",
-                 "--settings", "oda", "--seeds", "1", "--model", "ViT-B-16"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                CONFIG,
+                "--dry-run",
+                "--show-hparams",
+                "--datasets",
+                "domainnet",
+                "--domains",
+                "sketch",
+                "--settings",
+                "oda",
+                "--seeds",
+                "1",
+                "--model",
+                "ViT-B-16",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     runs = [line for line in out.splitlines() if "domainnet/sketch" in line]
-    assert [r.split()[2] for r in runs] == ["zero_shot", "tent", "pseudo_label", "pseudo_label_ensemble", "must",
-                                            "ueo", "infomax"]
+    assert [r.split()[2] for r in runs] == [
+        "zero_shot",
+        "tent",
+        "pseudo_label",
+        "pseudo_label_ensemble",
+        "must",
+        "ueo",
+        "infomax",
+    ]
     blocks = out.split("domainnet/sketch")[1:]
     params = {r.split()[2]: b.split("hparams: ")[1].split("\n")[0].split() for r, b in zip(runs, blocks)}
     assert "epochs=5" in params["ueo"] and "epochs=5" in params["infomax"]
@@ -73,8 +109,18 @@ def test_precision_choices_resolve_per_device():
 
 
 def test_fp16_on_a_cpu_is_a_clear_error_naming_the_option(tmp_path: Path, capsys):
-    argv = ["--methods", "ueo", "--domains", "sketch", "--seeds", "1", "--out", str(tmp_path),
-            "--cfg-options", "ueo.precision=fp16"]
+    argv = [
+        "--methods",
+        "ueo",
+        "--domains",
+        "sketch",
+        "--seeds",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--cfg-options",
+        "ueo.precision=fp16",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "ueo.precision=fp16 needs a CUDA device" in err and "--cfg-options ueo.precision=fp32" in err
@@ -131,8 +177,11 @@ def test_crops_sample_the_whole_image_not_the_centre_crop():
     box = torch.tensor([[0.0, 0.0, 16.0, 32.0]])
     whole = crop_resample(full, box, 32, None, "bilinear")
     assert whole[0, 0, :, :8].mean() > 0.9 and whole[0, 2, :, -8:].mean() > 0.9
-    batch = ImageBatch(center=torch.zeros(8, 3, 32, 32, dtype=torch.uint8),
-                       full=(full * 255).to(torch.uint8).expand(8, -1, -1, -1), sizes=torch.tensor([[16, 32]] * 8))
+    batch = ImageBatch(
+        center=torch.zeros(8, 3, 32, 32, dtype=torch.uint8),
+        full=(full * 255).to(torch.uint8).expand(8, -1, -1, -1),
+        sizes=torch.tensor([[16, 32]] * 8),
+    )
     crops = Augment("rrc", scale=(0.9, 1.0), flip=False)(batch, torch.Generator().manual_seed(0))
     assert crops[:, 0].amax(dim=(1, 2)).min() > 0.9 or crops[:, 2].amax(dim=(1, 2)).min() > 0.9
     assert Augment("none")(batch, torch.Generator()).abs().sum() == 0
@@ -158,8 +207,24 @@ def test_full_view_of_a_file_keeps_the_whole_image(tmp_path: Path):
 def test_runner_loads_the_full_view_for_augmenting_methods(tmp_path: Path):
     from benchmark.core.records import load_records
 
-    assert main(["--methods", "ueo", "zero_shot", "--domains", "sketch", "--seeds", "1", "--out", str(tmp_path),
-                 "--cfg-options", "ueo.epochs=1"]) == 0
+    assert (
+        main(
+            [
+                "--methods",
+                "ueo",
+                "zero_shot",
+                "--domains",
+                "sketch",
+                "--seeds",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--cfg-options",
+                "ueo.epochs=1",
+            ]
+        )
+        == 0
+    )
     recs = {r["spec"]["method"]: r for r in load_records(tmp_path)}
     views = recs["ueo"]["execution"]["views"]["images"]
     assert views["kind"] == "rrc" and views["scale"] == [0.5, 1.0] and views["interpolation"] == "bicubic"

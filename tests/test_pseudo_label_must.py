@@ -1,4 +1,5 @@
 """pseudo_label (UPL) and MUST: hand-computed helper tests and method tests on tiny random models."""
+
 from __future__ import annotations
 
 import math
@@ -7,23 +8,25 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import make_classifier, make_data
 
 from benchmark.adapt.ema import EmaTeacher, ema_update_, ramped_decay
 from benchmark.adapt.masking import masked_alignment, masked_l1, normalize_patches, patchify, random_block_mask
+from benchmark.adapt.selftrain import class_balanced_topk, confident, fairness_loss
 from benchmark.model.clip import IMAGENET_TEMPLATES
 from benchmark.registry import get_method
-from benchmark.adapt.selftrain import class_balanced_topk, confident, fairness_loss
-from conftest import make_classifier, make_data
 
 # Rows: predicted class (argmax), MSP. Class 3 is never predicted.
-PROBS = torch.tensor([
-    [0.70, 0.20, 0.05, 0.05],  # 0 -> 0, 0.7
-    [0.50, 0.30, 0.15, 0.05],  # 1 -> 0, 0.5
-    [0.90, 0.04, 0.03, 0.03],  # 2 -> 0, 0.9
-    [0.10, 0.80, 0.05, 0.05],  # 3 -> 1, 0.8
-    [0.20, 0.60, 0.10, 0.10],  # 4 -> 1, 0.6
-    [0.30, 0.20, 0.40, 0.10],  # 5 -> 2, 0.4 (the only candidate of class 2)
-])
+PROBS = torch.tensor(
+    [
+        [0.70, 0.20, 0.05, 0.05],  # 0 -> 0, 0.7
+        [0.50, 0.30, 0.15, 0.05],  # 1 -> 0, 0.5
+        [0.90, 0.04, 0.03, 0.03],  # 2 -> 0, 0.9
+        [0.10, 0.80, 0.05, 0.05],  # 3 -> 1, 0.8
+        [0.20, 0.60, 0.10, 0.10],  # 4 -> 1, 0.6
+        [0.30, 0.20, 0.40, 0.10],  # 5 -> 2, 0.4 (the only candidate of class 2)
+    ]
+)
 
 
 def test_class_balanced_topk_keeps_k_most_confident_per_class():
@@ -123,7 +126,12 @@ def test_pseudo_label_trains_exactly_the_prompt_context(arch):
     assert (hp["optimizer"], hp["lr"], hp["momentum"], hp["weight_decay"]) == ("sgd", 0.002, 0.9, 5e-4)
     assert (hp["epochs"], hp["batch_size"], hp["warmup_epochs"], hp["warmup_lr"]) == (50, 32, 1, 1e-5)
     assert hp["selection"] == "topk" and hp["num_per_class"] == 16
-    assert (hp["crop_scale"], hp["drop_last"], hp["schedule_step"], hp["nesterov"]) == ([0.08, 1.0], True, "epoch", False)
+    assert (hp["crop_scale"], hp["drop_last"], hp["schedule_step"], hp["nesterov"]) == (
+        [0.08, 1.0],
+        True,
+        "epoch",
+        False,
+    )
     assert hp["ensemble"] == 1 and get_method("pseudo_label_ensemble").resolve_hparams({})["ensemble"] == 16
 
 
@@ -145,8 +153,9 @@ def test_pseudo_label_rate_is_stepped_per_epoch_as_dassl():
 def test_pseudo_label_selects_topk_steps_and_resets():
     model = make_classifier("rn")
     data = make_data(model, 16)
-    adapter = get_method("pseudo_label")(model, {"epochs": 1, "batch_size": 4, "num_per_class": 2,
-                                                 "drop_last": False, "warmup_epochs": 0})
+    adapter = get_method("pseudo_label")(
+        model, {"epochs": 1, "batch_size": 4, "num_per_class": 2, "drop_last": False, "warmup_epochs": 0}
+    )
     before = _state(model)
     adapter.adapt(data)
     idx, lab = class_balanced_topk(adapter.zero_shot_probs, 2)
@@ -270,8 +279,15 @@ def test_must_views_are_the_official_weak_and_strong_transforms():
     strong = described["images_strong"]
     assert strong["randaugment"] == "rand-m9-mstd0.5-inc1" and strong["randaugment_magnitude"] == 9
     assert strong["randaugment_num_ops"] == 2 and list(strong["scale"]) == [0.3, 1.0] and strong["flip"]
-    assert {"AutoContrast", "Equalize", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "ShearX",
-            "TranslateXRel"} <= set(strong["randaugment_ops"])
+    assert {
+        "AutoContrast",
+        "Equalize",
+        "Rotate",
+        "PosterizeIncreasing",
+        "SolarizeIncreasing",
+        "ShearX",
+        "TranslateXRel",
+    } <= set(strong["randaugment_ops"])
     assert described["images"] == {"kind": "crop", "interpolation": "bicubic"}
     data = make_data(adapter.model, 8)
     batch = next(data.batches(8, views=views))
@@ -293,8 +309,9 @@ def test_pseudo_label_members_train_as_if_alone():
 
 def test_pseudo_label_view_pool_draws_from_precomputed_crops():
     data = make_data(make_classifier("vit"), 16)
-    adapter = get_method("pseudo_label")(make_classifier("vit"), {"epochs": 1, "batch_size": 4, "view_pool": 2,
-                                                                   "num_per_class": 3, "drop_last": False})
+    adapter = get_method("pseudo_label")(
+        make_classifier("vit"), {"epochs": 1, "batch_size": 4, "view_pool": 2, "num_per_class": 3, "drop_last": False}
+    )
     calls = []
     real = adapter.model.image_features
     adapter.model.image_features = lambda x: calls.append(len(x)) or real(x)

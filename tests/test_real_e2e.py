@@ -4,6 +4,7 @@
 The tree keeps Office-Home's real folder names and holds two known classes (Alarm_Clock, Backpack),
 one unknown class inside the ODA adapt set (Shelf, index 52) and one outside it (TV, index 63).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,8 @@ import pytest
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.data.cache import CACHE_ENV, CACHE_FOLDER
 from benchmark.core.records import load_records
+from benchmark.data.cache import CACHE_ENV, CACHE_FOLDER
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*incomplete data")
 
@@ -36,15 +37,34 @@ def office_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_vit_b16_zero_shot_and_ueo_on_office_home_tree(office_home: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    status = main([
-        "--methods", "zero_shot", "ueo", "--datasets", "office_home", "--domains", "Art",
-        "--model", "ViT-B-16", "--pretrained", "none", "--data-root", str(office_home), "--seeds", "1",
-        "--out", str(out), "--cfg-options", "ueo.epochs=1", "ueo.batch_size=8",
-    ])
+    status = main(
+        [
+            "--methods",
+            "zero_shot",
+            "ueo",
+            "--datasets",
+            "office_home",
+            "--domains",
+            "Art",
+            "--model",
+            "ViT-B-16",
+            "--pretrained",
+            "none",
+            "--data-root",
+            str(office_home),
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+            "--cfg-options",
+            "ueo.epochs=1",
+            "ueo.batch_size=8",
+        ]
+    )
     assert status == 0
     records = {r["spec"]["method"]: r for r in load_records(out)}
     assert set(records) == {"zero_shot", "ueo"}
-    for method, record in records.items():
+    for record in records.values():
         assert record["status"] == "done", record.get("error")
         assert record["spec"]["protocol"] == record["data"]["protocol"] == "ueo"
         data = record["data"]

@@ -3,6 +3,7 @@
 Regenerate the expected files after an intended format change with
 ``CLIPBENCH_UPDATE_GOLDEN=1 pytest tests/test_report.py`` and review the diff.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,12 @@ def test_golden_report_with_validation_domain_selection(tmp_path: Path):
     md = (out / "leaderboard.md").read_text()
     assert "Hyper-parameter selection `validation_domain`" in md and "| fog" not in md
     board = pd.read_csv(out / "leaderboard.csv")
-    assert sorted(board[board.setting == "oda"].method.str.split(" ").str[0].unique()) == ["infomax", "tent", "ueo",
-                                                                                          "zero_shot"]
+    assert sorted(board[board.setting == "oda"].method.str.split(" ").str[0].unique()) == [
+        "infomax",
+        "tent",
+        "ueo",
+        "zero_shot",
+    ]
 
 
 def test_rebuild_is_deterministic(golden_out: Path, tmp_path: Path):
@@ -93,8 +98,18 @@ def test_failed_and_missing_runs_are_shown_not_dropped(golden_out: Path):
     assert "- tent sketch seed 3: missing (no record)" in md
     assert "(2/3)" in md and "synthetic / oda" in md and "synthetic / opda" in md
     csv = pd.read_csv(golden_out / "leaderboard.csv")
-    assert list(csv.columns[:10]) == ["protocol", "dataset", "setting", "model", "pretrained", "device", "method",
-                                      "departures", "label", "regime"]
+    assert list(csv.columns[:10]) == [
+        "protocol",
+        "dataset",
+        "setting",
+        "model",
+        "pretrained",
+        "device",
+        "method",
+        "departures",
+        "label",
+        "regime",
+    ]
     infomax = csv[(csv.method == "infomax") & (csv.setting == "oda")].iloc[0]
     assert (infomax.n_failed, infomax.n_missing, infomax.n_seeds) == (1, 0, 2)
     tent = csv[(csv.method == "tent") & (csv.setting == "oda")].iloc[0]
@@ -124,8 +139,14 @@ def test_plots_are_valid_images(golden_out: Path):
     plots = golden_out / "plots"
     for slug in (ODA, OPDA):
         stems = [f"diff_{slug}_{m}" for m in ("acc_pc", "auroc", "hm_accpc_auroc")]
-        for stem in (*stems, f"heatmap_{slug}", f"bars_{slug}", f"cd_{slug}_hm_accpc_auroc", f"tradeoff_{slug}",
-                     f"curves_{slug}"):
+        for stem in (
+            *stems,
+            f"heatmap_{slug}",
+            f"bars_{slug}",
+            f"cd_{slug}_hm_accpc_auroc",
+            f"tradeoff_{slug}",
+            f"curves_{slug}",
+        ):
             with Image.open(plots / f"{stem}.png") as im:
                 im.verify()
                 assert im.format == "PNG" and im.size[0] > 100
@@ -140,27 +161,34 @@ def test_plots_are_valid_images(golden_out: Path):
 def test_published_numbers_shown_next_to_measured_with_gap(tmp_path: Path):
     out = _copy_runs(tmp_path / "out", lambda s: s["setting"] == "opda")
     pub = tmp_path / "reported.csv"
-    rows = [["ueo", "synthetic", "ueo", "opda", "avg", "clipbench-tiny", "embedded", "hm_accpc_auroc", "80.0", "fixture A"],
-            ["ueo", "synthetic", "ueo", "opda", "photo", "clipbench-tiny", "", "auroc", "90.0", "fixture B"],
-            ["ueo", "synthetic", "ueo", "opda", "avg", "ViT-B-16", "openai", "hm_accpc_auroc", "70.0", "fixture C"],
-            ["ueo", "synthetic", "ueo", "oda", "avg", "clipbench-tiny", "embedded", "hm_accpc_auroc", "70.0", "fixture D"]]
+    rows = [
+        ["ueo", "synthetic", "ueo", "opda", "avg", "clipbench-tiny", "embedded", "hm_accpc_auroc", "80.0", "fixture A"],
+        ["ueo", "synthetic", "ueo", "opda", "photo", "clipbench-tiny", "", "auroc", "90.0", "fixture B"],
+        ["ueo", "synthetic", "ueo", "opda", "avg", "ViT-B-16", "openai", "hm_accpc_auroc", "70.0", "fixture C"],
+        ["ueo", "synthetic", "ueo", "oda", "avg", "clipbench-tiny", "embedded", "hm_accpc_auroc", "70.0", "fixture D"],
+    ]
     pd.DataFrame(rows, columns=REPORTED_COLUMNS).to_csv(pub, index=False)
     write_report(out, reported=[pub], plots=False)
     md = (out / "leaderboard.md").read_text()
-    section = md[md.index("### Published numbers"):]
+    section = md[md.index("### Published numbers") :]
     assert "fixture A" in section and "fixture B" in section
     assert "fixture C" not in md and "fixture D" not in md  # other backbone, other setting
     cells = pd.read_csv(out / "tables" / f"{OPDA}.csv")
-    measured = cells[(cells.method == "ueo") & (cells.metric == "hm_accpc_auroc") & (cells.column == "avg")].iloc[0]["mean"]
+    measured = cells[(cells.method == "ueo") & (cells.metric == "hm_accpc_auroc") & (cells.column == "avg")].iloc[0][
+        "mean"
+    ]
     assert f"{measured - 80.0:+.1f}" in section
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda df: df.drop(columns="source"), "missing columns source"),
-    (lambda df: df.assign(value="eighty"), "non-numeric"),
-    (lambda df: df.assign(metric="accuracy"), "unknown metric"),
-    (lambda df: df.assign(source=""), "source"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda df: df.drop(columns="source"), "missing columns source"),
+        (lambda df: df.assign(value="eighty"), "non-numeric"),
+        (lambda df: df.assign(metric="accuracy"), "unknown metric"),
+        (lambda df: df.assign(source=""), "source"),
+    ],
+)
 def test_bad_published_numbers_file_names_file_and_problem(tmp_path: Path, edit, message):
     row = ["ueo", "office_home", "ueo", "oda", "avg", "ViT-B-16", "openai", "hm_accpc_auroc", "80.0", "x"]
     path = tmp_path / "reported.csv"
@@ -183,8 +211,9 @@ def test_degenerate_groups_report_na_without_crashing(tmp_path: Path):
     assert "Only the baseline `zero_shot` ran" in md and "no ranks" in md
     plots = only_base / "plots"
     assert (plots / f"bars_{ODA}.png").is_file() and not (plots / f"cd_{ODA}_hm_accpc_auroc.png").exists()
-    no_base = _copy_runs(tmp_path / "b", lambda s: s["method"] in ("ueo", "tent") and s["setting"] == "oda"
-                         and not s["hparams"])
+    no_base = _copy_runs(
+        tmp_path / "b", lambda s: s["method"] in ("ueo", "tent") and s["setting"] == "oda" and not s["hparams"]
+    )
     write_report(no_base, plots=False)
     md = (no_base / "leaderboard.md").read_text()
     assert "No baseline run in this group" in md and "Friedman n/a (needs 3 or more methods)" in md
@@ -203,8 +232,25 @@ def test_any_recorded_metric_on_request(tmp_path: Path):
 
 def test_cli_report_options(tmp_path: Path, capsys):
     out = _copy_runs(tmp_path, lambda s: s["setting"] == "opda")
-    assert main(["--report-only", "--out", str(out), "--metrics", "acc", "hm_accpc_auroc", "--baseline", "ueo",
-                 "--bootstrap", "20", "--alpha", "0.1"]) == 0
+    assert (
+        main(
+            [
+                "--report-only",
+                "--out",
+                str(out),
+                "--metrics",
+                "acc",
+                "hm_accpc_auroc",
+                "--baseline",
+                "ueo",
+                "--bootstrap",
+                "20",
+                "--alpha",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     md = (out / "leaderboard.md").read_text()
     assert "### acc per domain" in md and "Significance against ueo" in md and "p < 0.1" in md
     assert "Bootstrap 95% percentile intervals of `acc` (20 resamples" in md

@@ -1,6 +1,7 @@
 """Records that cannot lie: stops by signal for every launcher, no orphan workers, no partial records,
 SLURM never silently local, image lists confined to their root, one-line errors for an unusable
 ``--out`` or a broken plugin, a full disk, and report rebuilds that never link a removed file."""
+
 from __future__ import annotations
 
 import errno
@@ -55,7 +56,7 @@ def _assert_no_partial_records(out: Path, failed: bool = False) -> None:
     result.json; with ``failed``, a result.json of a failed run is allowed)."""
     runs = out / "runs"
     assert not list(runs.rglob("*.tmp")) if runs.is_dir() else True
-    for d in (runs.iterdir() if runs.is_dir() else []):
+    for d in runs.iterdir() if runs.is_dir() else []:
         if not is_complete(d):
             assert not (d / PREDS).exists(), sorted(p.name for p in d.iterdir())
             if (d / RESULT).exists():
@@ -71,14 +72,32 @@ def _stop_line(err: str) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- 1. interrupts
 
+
 @LINUX
 def test_sigint_stops_a_local_sweep_at_once_and_the_rerun_resumes(tmp_path: Path):
     """Ctrl-C on ``--launcher local --workers 2``: exit 130 within seconds, one line, no worker left,
     no partial record; the same command then finishes and reuses every finished run."""
     out = tmp_path / "out"
-    argv = [sys.executable, str(REPO / "run_bench.py"), "--launcher", "local", "--workers", "2",
-            "--methods", "zero_shot", "tent", "--domains", "photo", "sketch", "--seeds", "1", "2", "3",
-            "--out", str(out)]
+    argv = [
+        sys.executable,
+        str(REPO / "run_bench.py"),
+        "--launcher",
+        "local",
+        "--workers",
+        "2",
+        "--methods",
+        "zero_shot",
+        "tent",
+        "--domains",
+        "photo",
+        "sketch",
+        "--seeds",
+        "1",
+        "2",
+        "3",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers: set[int] = set()
@@ -112,6 +131,7 @@ def test_sigint_stops_a_local_sweep_at_once_and_the_rerun_resumes(tmp_path: Path
 
 def _signal_when(condition, sig: int, seen: set[int] | None = None) -> threading.Thread:
     """Send ``sig`` to this process once ``condition()`` holds (collecting our descendants meanwhile)."""
+
     def run():
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not condition():
@@ -219,6 +239,7 @@ def test_a_worker_dies_with_its_parent_even_when_the_parent_is_sigkilled():
 
 # ---------------------------------------------------------------- 2. no silent local SLURM
 
+
 @pytest.mark.parametrize("launcher", ["slurm", "submitit"])
 def test_slurm_without_sbatch_is_a_usage_error_not_a_local_run(tmp_path: Path, monkeypatch, capsys, launcher):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
@@ -286,6 +307,7 @@ def test_list_entries_inside_the_root_still_load(tmp_path: Path):
 
 
 # ---------------------------------------------------------------- 4. one line and exit 2, or a clean stop
+
 
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
@@ -419,6 +441,7 @@ def test_a_full_disk_that_refuses_even_the_record_still_reports_and_stops(tmp_pa
 
 
 # ---------------------------------------------------------------- 5. report rebuilds
+
 
 def _links(out: Path) -> list[Path]:
     return [out / link for link in re.findall(r"\]\(([^)]+)\)", (out / "report.md").read_text())]

@@ -1,4 +1,5 @@
 """OOD scores (benchmark.adapt.scores) against hand-computed values on fixed logits."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,8 @@ import math
 import pytest
 import torch
 
-from benchmark.core.metrics import auroc
 from benchmark.adapt.scores import SCORES, compute_scores, describe_score, score_names
+from benchmark.core.metrics import auroc
 
 # two samples, three classes, logits = 100 * cos
 COS = torch.tensor([[0.30, 0.10, 0.10], [0.25, 0.24, -0.50]], dtype=torch.float64)

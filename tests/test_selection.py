@@ -1,4 +1,5 @@
 """Hyper-parameter selection on hand-made records: every rule picks the expected point."""
+
 from __future__ import annotations
 
 import copy
@@ -13,21 +14,47 @@ from benchmark.report.selection import SelectionError, select
 
 LR = {"a": 1e-4, "b": 1e-3}
 # hm_accpc_auroc of the msp_cos score per (point, domain), the same for both seeds
-HM = {("a", "photo"): 60.0, ("b", "photo"): 70.0, ("a", "sketch"): 55.0, ("b", "sketch"): 50.0,
-      ("a", "fog"): 65.0, ("b", "fog"): 62.0}
+HM = {
+    ("a", "photo"): 60.0,
+    ("b", "photo"): 70.0,
+    ("a", "sketch"): 55.0,
+    ("b", "sketch"): 50.0,
+    ("a", "fog"): 65.0,
+    ("b", "fog"): 62.0,
+}
 LABEL_FREE = {("a", "photo"): 0.2, ("b", "photo"): 0.1, ("a", "sketch"): 0.1, ("b", "sketch"): 0.3}
 
 
 def record(point: str, domain: str, seed: int, status: str = "done", dataset: str = "synthetic") -> dict:
-    spec = {"method": "ueo", "dataset": dataset, "domain": domain, "setting": "oda", "protocol": "ueo", "seed": seed,
-            "model": "clipbench-tiny", "pretrained": "embedded", "device": "cpu",
-            "hparams": {"lr": LR[point], "epochs": 5}}
+    spec = {
+        "method": "ueo",
+        "dataset": dataset,
+        "domain": domain,
+        "setting": "oda",
+        "protocol": "ueo",
+        "seed": seed,
+        "model": "clipbench-tiny",
+        "pretrained": "embedded",
+        "device": "cpu",
+        "hparams": {"lr": LR[point], "epochs": 5},
+    }
     departures = {"epochs": 5, **({"lr": LR[point]} if point == "b" else {})}
-    rec = {"spec": spec, "status": status, "headline_score": "msp_cos", "regime": "transductive",
-           "departures": departures, "validation_domains": ["fog"] if dataset == "synthetic" else []}
+    rec = {
+        "spec": spec,
+        "status": status,
+        "headline_score": "msp_cos",
+        "regime": "transductive",
+        "departures": departures,
+        "validation_domains": ["fog"] if dataset == "synthetic" else [],
+    }
     if status == "done":
-        rec["metrics"] = {"test": {"acc": 50.0, "acc_pc": 50.0,
-                                   "scores": {"msp_cos": {"hm_accpc_auroc": HM[(point, domain)], "auroc": 70.0}}}}
+        rec["metrics"] = {
+            "test": {
+                "acc": 50.0,
+                "acc_pc": 50.0,
+                "scores": {"msp_cos": {"hm_accpc_auroc": HM[(point, domain)], "auroc": 70.0}},
+            }
+        }
         rec["label_free"] = {"infomax": LABEL_FREE.get((point, domain), 0.0)}
     return rec
 
@@ -114,12 +141,43 @@ def test_infomax_criterion_by_hand():
 def test_cli_grids_add_the_validation_domain_and_rules_are_checked(tmp_path, capsys):
     from benchmark.cli import main
 
-    assert main(["--methods", "ueo", "--grids", "--selection", "validation_domain", "--seeds", "1", "--dry-run",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "--methods",
+                "ueo",
+                "--grids",
+                "--selection",
+                "validation_domain",
+                "--seeds",
+                "1",
+                "--dry-run",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "dry run: 20 runs" in out and "synthetic/fog" in out  # 4 grid points x (4 targets + fog)
-    assert main(["--methods", "ueo", "--cfg-options", "ueo.lr=[1e-3,1e-2]", "ueo.epochs=1", "--seeds", "1",
-                 "--domains", "sketch", "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "--methods",
+                "ueo",
+                "--cfg-options",
+                "ueo.lr=[1e-3,1e-2]",
+                "ueo.epochs=1",
+                "--seeds",
+                "1",
+                "--domains",
+                "sketch",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["--report-only", "--selection", "oracle", "--out", str(tmp_path / "run")]) == 0
     md = (tmp_path / "run" / "leaderboard.md").read_text()

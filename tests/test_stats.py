@@ -1,4 +1,5 @@
 """Statistics of the report against scipy and hand-computed cases."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from benchmark.report import stats
 from benchmark.core.metrics import accuracy, auroc, harmonic_mean, per_class_accuracy
+from benchmark.report import stats
 
 # Demšar (JMLR 2006), Table 5(a): q_0.05 of the two-tailed Nemenyi test for k = 2..10.
 DEMSAR_Q05 = [1.960, 2.343, 2.569, 2.728, 2.850, 2.949, 3.031, 3.102, 3.164]
@@ -71,8 +72,9 @@ def test_paired_t_hand_computed():
     assert r.p_ttest == pytest.approx(2 * sps.t.sf(2 * math.sqrt(3), 2))
 
 
-@pytest.mark.parametrize("a, b", [([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]), ([5.0], [4.0]), ([], []),
-                                  ([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])])
+@pytest.mark.parametrize(
+    "a, b", [([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]), ([5.0], [4.0]), ([], []), ([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])]
+)
 def test_paired_tests_degenerate_cases_give_nan_not_errors(a, b):
     r = stats.paired_tests(a, b)
     assert math.isnan(r.p_ttest)  # all zero, n = 1, empty, zero variance

@@ -1,5 +1,6 @@
 """Sweeps that survive: failure isolation, resume after SIGKILL, run locks, launchers, profile,
 the paper's config (offline, CPU, the embedded benchmark)."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,10 @@ def _summary(text: str) -> tuple[int, int, int, int]:
 
 
 def _metrics(out: Path) -> dict[tuple, str]:
-    return {(r["spec"]["method"], r["spec"]["domain"], r["spec"]["seed"]): json.dumps(r["metrics"], sort_keys=True)
-            for r in load_records(out)}
+    return {
+        (r["spec"]["method"], r["spec"]["domain"], r["spec"]["seed"]): json.dumps(r["metrics"], sort_keys=True)
+        for r in load_records(out)
+    }
 
 
 def test_failures_are_isolated_recorded_and_reported(tmp_path: Path, monkeypatch, capsys):
@@ -65,9 +68,26 @@ def test_failures_are_isolated_recorded_and_reported(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(runner, "_load_split", broken_on_sketch)
     out = tmp_path / "out"
-    code = main(["--plugins", str(plugin), "--datasets", "synthetic", "--domains", "photo", "sketch",
-                 "--methods", "zero_shot", "nan_loss", "--seeds", "1", "--cfg-options", "nan_loss.epochs=1",
-                 "--out", str(out)])
+    code = main(
+        [
+            "--plugins",
+            str(plugin),
+            "--datasets",
+            "synthetic",
+            "--domains",
+            "photo",
+            "sketch",
+            "--methods",
+            "zero_shot",
+            "nan_loss",
+            "--seeds",
+            "1",
+            "--cfg-options",
+            "nan_loss.epochs=1",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert _summary(captured.out) == (4, 1, 0, 3)
@@ -83,11 +103,31 @@ def test_failures_are_isolated_recorded_and_reported(tmp_path: Path, monkeypatch
 def test_resume_after_sigkill_recomputes_only_incomplete_runs(tmp_path: Path):
     """kill -9 part-way; the rerun executes exactly the runs without a complete record."""
     out = tmp_path / "out"
-    argv = ["--datasets", "synthetic", "--methods", "zero_shot", "ueo", "--domains", "photo", "sketch",
-            "--seeds", "1", "2", "--cfg-options", "ueo.epochs=1", "--out", str(out)]
+    argv = [
+        "--datasets",
+        "synthetic",
+        "--methods",
+        "zero_shot",
+        "ueo",
+        "--domains",
+        "photo",
+        "sketch",
+        "--seeds",
+        "1",
+        "2",
+        "--cfg-options",
+        "ueo.epochs=1",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "run_bench.py"), *argv], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "run_bench.py"), *argv],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     runs = out / "runs"
     while time.monotonic() < deadline and proc.poll() is None:
@@ -102,8 +142,14 @@ def test_resume_after_sigkill_recomputes_only_incomplete_runs(tmp_path: Path):
     # a torn write by some other tool must read as incomplete, never as a record
     torn = next(d for d in runs.iterdir() if not is_complete(d))
     (torn / RESULT).write_text('{"status": "do')
-    rerun = subprocess.run([sys.executable, str(REPO / "run_bench.py"), *argv], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+        [sys.executable, str(REPO / "run_bench.py"), *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     total, ran, reused, failed = _summary(rerun.stdout)
     assert (total, ran, reused, failed) == (8, 8 - complete_before, complete_before, 0)
@@ -113,13 +159,23 @@ def test_resume_after_sigkill_recomputes_only_incomplete_runs(tmp_path: Path):
             assert mine
 
 
-HOLD = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); " \
-       "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+HOLD = (
+    "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); "
+    "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+)
 
 
 def test_a_run_locked_by_a_live_process_is_not_started_and_a_killed_holder_frees_it(tmp_path: Path):
-    spec = RunSpec(method="zero_shot", dataset="synthetic", domain="sketch", setting="oda", protocol="ueo",
-                   seed=1, model="clipbench-tiny", pretrained="embedded")
+    spec = RunSpec(
+        method="zero_shot",
+        dataset="synthetic",
+        domain="sketch",
+        setting="oda",
+        protocol="ueo",
+        seed=1,
+        model="clipbench-tiny",
+        pretrained="embedded",
+    )
     run_dir = tmp_path / "runs" / spec.hash
     run_dir.mkdir(parents=True)
     other = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir / LOCK)], stdout=subprocess.PIPE, text=True)
@@ -137,11 +193,27 @@ def test_a_run_locked_by_a_live_process_is_not_started_and_a_killed_holder_frees
 def test_two_sweeps_on_one_out_compute_each_run_once(tmp_path: Path):
     """Started together on the same --out: every record valid, no run computed by both."""
     out = tmp_path / "out"
-    argv = [sys.executable, str(REPO / "run_bench.py"), "--datasets", "synthetic", "--methods", "zero_shot",
-            "--domains", "photo", "sketch", "--seeds", "1", "2", "--out", str(out)]
+    argv = [
+        sys.executable,
+        str(REPO / "run_bench.py"),
+        "--datasets",
+        "synthetic",
+        "--methods",
+        "zero_shot",
+        "--domains",
+        "photo",
+        "sketch",
+        "--seeds",
+        "1",
+        "2",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     tallies = [_summary(o) for o in outputs]
@@ -172,8 +244,26 @@ def test_submitit_local_executor_writes_the_inline_records(inline_out: Path, tmp
 
 
 def test_profile_records_phases_and_throughput(tmp_path: Path):
-    assert main(["--datasets", "synthetic", "--domains", "sketch", "--methods", "ueo", "--seeds", "1",
-                 "--cfg-options", "ueo.epochs=1", "--profile", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "--datasets",
+                "synthetic",
+                "--domains",
+                "sketch",
+                "--methods",
+                "ueo",
+                "--seeds",
+                "1",
+                "--cfg-options",
+                "ueo.epochs=1",
+                "--profile",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     (rec,) = load_records(tmp_path)
     prof = rec["profile"]
     assert {"data", "forward", "backward", "evaluate"} <= set(prof["seconds"])
@@ -185,15 +275,38 @@ def test_profile_records_phases_and_throughput(tmp_path: Path):
 def test_paper_config_dry_run_lists_every_run_and_touches_nothing(tmp_path: Path, capsys):
     """15 domains x 4 settings x 3 seeds x (7 methods on ViT-B-16 + 6 on RN50: MUST needs a ViT)."""
     out = tmp_path / "out"
-    code = main(["--config", str(REPO / "configs" / "ueo_paper.py"), "--dry-run", "--out", str(out),
-                 "--data-root", str(tmp_path / "no_data")])
+    code = main(
+        [
+            "--config",
+            str(REPO / "configs" / "ueo_paper.py"),
+            "--dry-run",
+            "--out",
+            str(out),
+            "--data-root",
+            str(tmp_path / "no_data"),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert "dry run: 2340 runs" in text and "must on RN50" in text
     assert "RN50/must" not in text and "ViT-B-16/must 180" in text
     assert not out.exists()
-    assert main(["--config", str(REPO / "configs" / "ueo_paper.py"), "--dry-run", "--out", str(out),
-                 "--seeds", "1", "--model", "ViT-B-16"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(REPO / "configs" / "ueo_paper.py"),
+                "--dry-run",
+                "--out",
+                str(out),
+                "--seeds",
+                "1",
+                "--model",
+                "ViT-B-16",
+            ]
+        )
+        == 0
+    )
     assert "dry run: 420 runs" in capsys.readouterr().out
 
 

@@ -1,5 +1,6 @@
 """TPT, TDA, UniEnt and ROSITA on tiny random models: what trains, what is reset, what is bounded,
 and each rule against hand-computed values on fixed tensors."""
+
 from __future__ import annotations
 
 import math
@@ -7,13 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSNAMES, make_classifier, make_data
 
 from benchmark.adapt.known_split import gmm2_posteriors, grid_otsu
-from benchmark.registry import get_method
 from benchmark.adapt.unlabeled import UnlabeledData
-from conftest import CLASSNAMES, make_classifier, make_data
-from methods.tda import ClassCache, cache_logits
 from benchmark.adapt.views import confident_views, marginal_entropy
+from benchmark.registry import get_method
+from methods.tda import ClassCache, cache_logits
 
 K = len(CLASSNAMES)
 
@@ -31,6 +32,7 @@ def full_data(model, n: int, seed: int = 0) -> UnlabeledData:
 
 
 # ---- TPT -----------------------------------------------------------------------------------------
+
 
 def test_marginal_entropy_and_confident_views_by_hand():
     p = torch.tensor([[[0.5, 0.5], [0.9, 0.1]]])
@@ -84,6 +86,7 @@ def test_tpt_single_image_reference_step():
 
 # ---- TDA -----------------------------------------------------------------------------------------
 
+
 def test_cache_logits_and_replacement_by_hand():
     f = torch.tensor([1.0, 0.0])
     keys = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -122,13 +125,17 @@ def test_tda_negative_cache_entry_uses_entropy_over_log2_k():
     tda = get_method("tda")(model, {"neg_entropy_lower": 0.0, "neg_entropy_upper": 1e-9}, seed=0)
     stream(tda, make_data(model, 6))
     assert len(tda.negative) == 0  # nothing passes an empty window
-    tda = get_method("tda")(make_classifier("vit"), {"neg_entropy_lower": 0.0,
-                                                      "neg_entropy_upper": math.log(K) / math.log2(K) + 1e-6}, seed=0)
+    tda = get_method("tda")(
+        make_classifier("vit"),
+        {"neg_entropy_lower": 0.0, "neg_entropy_upper": math.log(K) / math.log2(K) + 1e-6},
+        seed=0,
+    )
     stream(tda, make_data(model, 6))
     assert len(tda.negative) > 0  # every entropy is below ln K, so H / log2 K < ln K / log2 K
 
 
 # ---- UniEnt --------------------------------------------------------------------------------------
+
 
 def test_gmm_posteriors_split_two_clusters():
     rng = np.random.default_rng(0)
@@ -143,14 +150,74 @@ def test_gmm_posteriors_split_two_clusters():
 
 # Posteriors of component 0 from scikit-learn 1.9.1 ``GaussianMixture(n_components=2, random_state=0)
 # .fit(x).predict_proba(x)`` (columns ordered by mean), computed offline: sklearn is not a dependency.
-SKLEARN_X = [0.4633, 0.0955, 0.3334, 0.2546, 0.2638, 0.2828, 0.1384, 0.2814, 0.2308, 0.5658, 0.3181,
-             0.2718, 0.2775, 0.2466, 0.2156, 0.2687, 0.3386, 0.2809, 0.3766, 0.284, 0.5524, 0.7046,
-             0.6045, 0.4995, 0.5317, 0.6041, 0.7435, 0.523, 0.5256, 0.6502, 0.4614, 0.5208]
-SKLEARN_P0 = [0.02926745, 0.99999347, 0.97086832, 0.99902308, 0.99858981, 0.99691054, 0.99998038,
-              0.99708747, 0.99960702, 3.608e-05, 0.98551443, 0.99804638, 0.99752628, 0.99928519,
-              0.99977372, 0.99827947, 0.96297574, 0.99714804, 0.79644418, 0.99674987, 9.232e-05, 0.0,
-              2.16e-06, 0.00315053, 0.00038034, 2.23e-06, 0.0, 0.00068064, 0.00057245, 6e-08,
-              0.03270939, 0.00078758]
+SKLEARN_X = [
+    0.4633,
+    0.0955,
+    0.3334,
+    0.2546,
+    0.2638,
+    0.2828,
+    0.1384,
+    0.2814,
+    0.2308,
+    0.5658,
+    0.3181,
+    0.2718,
+    0.2775,
+    0.2466,
+    0.2156,
+    0.2687,
+    0.3386,
+    0.2809,
+    0.3766,
+    0.284,
+    0.5524,
+    0.7046,
+    0.6045,
+    0.4995,
+    0.5317,
+    0.6041,
+    0.7435,
+    0.523,
+    0.5256,
+    0.6502,
+    0.4614,
+    0.5208,
+]
+SKLEARN_P0 = [
+    0.02926745,
+    0.99999347,
+    0.97086832,
+    0.99902308,
+    0.99858981,
+    0.99691054,
+    0.99998038,
+    0.99708747,
+    0.99960702,
+    3.608e-05,
+    0.98551443,
+    0.99804638,
+    0.99752628,
+    0.99928519,
+    0.99977372,
+    0.99827947,
+    0.96297574,
+    0.99714804,
+    0.79644418,
+    0.99674987,
+    9.232e-05,
+    0.0,
+    2.16e-06,
+    0.00315053,
+    0.00038034,
+    2.23e-06,
+    0.0,
+    0.00068064,
+    0.00057245,
+    6e-08,
+    0.03270939,
+    0.00078758,
+]
 
 
 def test_gmm_posteriors_match_sklearn_on_overlapping_clusters():
@@ -190,6 +257,7 @@ def test_unient_split_reads_scores_of_the_frozen_model_only():
 
 # ---- ROSITA --------------------------------------------------------------------------------------
 
+
 def test_grid_otsu_by_hand():
     threshold, mu0, mu1 = grid_otsu([0.10, 0.12, 0.50, 0.52])
     assert threshold == pytest.approx(0.13) and mu0 == pytest.approx(0.11) and mu1 == pytest.approx(0.51)
@@ -215,7 +283,9 @@ def test_rosita_adapts_norms_continually_with_bounded_banks():
     out = list(rosita.stream(full_data(model, 30)))
     assert len(rosita.scores) == 30 and len(rosita.unknown_bank) <= 3 and len(rosita.known_bank) <= K
     _, (logits, extra) = out[-1]
-    assert logits.shape == (30, K) and set(extra) == {"pre_update_max_cos"} and extra["pre_update_max_cos"].shape == (30,)
+    assert (
+        logits.shape == (30, K) and set(extra) == {"pre_update_max_cos"} and extra["pre_update_max_cos"].shape == (30,)
+    )
     with pytest.raises(ValueError, match="rosita.batch_size must be 1"):
         get_method("rosita")(make_classifier("vit"), {"batch_size": 2})
 
@@ -229,8 +299,13 @@ def test_rosita_predicts_each_image_after_its_own_update_however_images_are_chun
         model = make_classifier("vit")
         rosita = get_method("rosita")(model, {"k_p": 1, "bank_unknown": 3, "lr": 0.05}, seed=0)
         out = list(rosita.stream(full_data(model, 20)))
-        runs.append((torch.cat([o[0] for _, o in out]), torch.cat([o[1]["pre_update_max_cos"] for _, o in out]),
-                     {k: v.clone() for k, v in model.state_dict().items()}))
+        runs.append(
+            (
+                torch.cat([o[0] for _, o in out]),
+                torch.cat([o[1]["pre_update_max_cos"] for _, o in out]),
+                {k: v.clone() for k, v in model.state_dict().items()},
+            )
+        )
     assert torch.allclose(runs[0][0], runs[1][0], atol=1e-4) and torch.allclose(runs[0][1], runs[1][1], atol=1e-6)
     assert all(torch.allclose(v, runs[1][2][k], atol=1e-5) for k, v in runs[0][2].items())
 

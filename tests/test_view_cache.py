@@ -1,16 +1,17 @@
 """The view cache: the same features as no cache, shared by every frozen-encoder method of a seed, keyed safely."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import make_classifier, make_data
 
 from benchmark.adapt.augment import Augment
 from benchmark.adapt.unlabeled import UnlabeledData
 from benchmark.adapt.views import ByteLRU, ViewCache, encoder_fingerprint, view_features
-from benchmark.registry import get_method
 from benchmark.core.spec import RunSpec
-from conftest import make_classifier, make_data
+from benchmark.registry import get_method
 
 RRC = Augment("rrc", scale=(0.08, 1.0), interpolation="bilinear")
 SEED = 7

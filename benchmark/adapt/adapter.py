@@ -19,6 +19,7 @@ Regimes (``regime``, a hyper-parameter of every method, recorded in every run):
 
 A method lists the regimes it supports in ``regimes``; the first is its default.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,12 +31,12 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from benchmark.model import precision as prec
 from benchmark.adapt.augment import Augment
 from benchmark.adapt.hparams import BASE_RANGES, HyperParameterError, Rule, check_range, coerce
-from benchmark.model.clip import ClipClassifier
 from benchmark.adapt.profiling import NULL_PROFILER, NullProfiler
 from benchmark.adapt.unlabeled import UnlabeledData
+from benchmark.model import precision as prec
+from benchmark.model.clip import ClipClassifier
 
 REGIMES = ("transductive", "online", "episodic", "none")
 
@@ -106,8 +107,15 @@ class Adapter:
     profiler: NullProfiler = NULL_PROFILER
     """Phase timers of the loop; the runner sets a real ``Profiler`` under ``--profile``."""
 
-    def __init__(self, model: ClipClassifier, hparams: dict[str, Any] | None = None, seed: int = 0, *,
-                 view_seed: int | None = None, resolved: bool = False):
+    def __init__(
+        self,
+        model: ClipClassifier,
+        hparams: dict[str, Any] | None = None,
+        seed: int = 0,
+        *,
+        view_seed: int | None = None,
+        resolved: bool = False,
+    ):
         """``hparams``: overrides of the defaults (resolved here), or with ``resolved`` the complete
         dict the sweep resolved (the runner's path: nothing is resolved twice). ``view_seed``: the
         seed of the test images' augmented views, shared by every method of a cell (default ``seed``)."""
@@ -128,8 +136,9 @@ class Adapter:
                 f"method {self.name!r} needs a ViT image encoder (patch tokens); "
                 f"the model's image encoder is {type(model.visual).__name__}. Use e.g. --model ViT-B-16."
             )
-        self.precision = prec.effective_precision(self.hp["precision"], self.official_precision, model.device,
-                                                  self.name)
+        self.precision = prec.effective_precision(
+            self.hp["precision"], self.official_precision, model.device, self.name
+        )
         """The precision this run computes in: the sweep already made ``official`` concrete for the
         device kind; this checks that the device can run it."""
         if self.precision == "fp16_weights":
@@ -164,7 +173,9 @@ class Adapter:
             hp[key] = coerce(f"{cls.name}.{key}", hp[key], value)
             allowed = cls.regimes if key == "regime" else cls.choices.get(key)
             if allowed and hp[key] not in allowed:
-                raise HyperParameterError(f"{cls.name}.{key} must be one of {', '.join(map(str, allowed))}, got {hp[key]!r}")
+                raise HyperParameterError(
+                    f"{cls.name}.{key} must be one of {', '.join(map(str, allowed))}, got {hp[key]!r}"
+                )
         hp = cls.derive(hp, set(overrides))
         cls.check_values(hp)
         return hp
@@ -193,8 +204,10 @@ class Adapter:
         expected = set(cls.hparam_defaults())
         if set(hp) != expected:
             missing, extra = sorted(expected - set(hp)), sorted(set(hp) - expected)
-            raise HyperParameterError(f"{cls.name}: resolved hyper-parameters do not match this version's "
-                                      f"(missing: {', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'})")
+            raise HyperParameterError(
+                f"{cls.name}: resolved hyper-parameters do not match this version's "
+                f"(missing: {', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'})"
+            )
         return dict(hp)
 
     # ---- what a method says -------------------------------------------------------------------
@@ -212,8 +225,14 @@ class Adapter:
         """The train views a batch holds, by key: ``images`` from ``augment``, ``crop_scale`` and
         ``interpolation`` (a random resized crop of the whole image plus a flip, by default)."""
         hp = self.hp
-        return {"images": Augment(hp["augment"], scale=tuple(hp["crop_scale"]), interpolation=hp["interpolation"],
-                                  mean=self.model.mean.flatten().tolist())}
+        return {
+            "images": Augment(
+                hp["augment"],
+                scale=tuple(hp["crop_scale"]),
+                interpolation=hp["interpolation"],
+                mean=self.model.mean.flatten().tolist(),
+            )
+        }
 
     def before_adapt(self, data: UnlabeledData) -> None:
         """Hook run once before the loop (statistics such as UEO's confidence weights)."""
@@ -239,7 +258,9 @@ class Adapter:
         scores of its own."""
         return self.model(images).float()
 
-    def stream_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def stream_step(
+        self, batch: dict[str, torch.Tensor]
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Online and episodic regimes: predict one batch of the stream (and adapt on it)."""
         raise NotImplementedError(f"{self.name} has no online or episodic regime")
 
@@ -296,8 +317,9 @@ class Adapter:
             g["lr"] = hp["lr"] * g.pop("lr_mult", 1.0)
             groups.append(g)
         if hp["optimizer"] == "sgd":
-            return torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
-                                   nesterov=hp["nesterov"])
+            return torch.optim.SGD(
+                groups, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"], nesterov=hp["nesterov"]
+            )
         if hp["optimizer"] == "adam":
             return torch.optim.Adam(groups, lr=hp["lr"], weight_decay=hp["weight_decay"])
         return torch.optim.AdamW(groups, lr=hp["lr"], weight_decay=hp["weight_decay"])
@@ -344,7 +366,9 @@ class Adapter:
         """Add the loss of step ``step`` (1-based) of ``total`` to the budget-wide ``curve``."""
         self._window.append(float(loss))
         if step >= total or (step * HISTORY_POINTS) // total != ((step - 1) * HISTORY_POINTS) // total:
-            self.curve.append({"progress": round(step / max(total, 1), 4), "loss": sum(self._window) / len(self._window)})
+            self.curve.append(
+                {"progress": round(step / max(total, 1), 4), "loss": sum(self._window) / len(self._window)}
+            )
             self._window = []
 
     def set_lr(self, it: int, total: int, warmup: int) -> None:
@@ -371,9 +395,14 @@ class Adapter:
             self.before_epoch(epoch, data)
             losses = []
             indices = self.adapt_indices()
-            batches = data.batches(hp["batch_size"], shuffle=True, views=views,
-                                   drop_last=self.drop_last(len(data) if indices is None else len(indices)),
-                                   indices=indices, generator=self.generator)
+            batches = data.batches(
+                hp["batch_size"],
+                shuffle=True,
+                views=views,
+                drop_last=self.drop_last(len(data) if indices is None else len(indices)),
+                indices=indices,
+                generator=self.generator,
+            )
             while True:
                 with prof.phase("data"):
                     batch = next(batches, None)
@@ -408,8 +437,9 @@ class Adapter:
         window: list[float] = []
         marks = {max(1, round(total * (i + 1) / HISTORY_POINTS)) for i in range(HISTORY_POINTS)}
         prof = self.profiler
-        for i, batch in enumerate(data.batches(size, shuffle=False, views=self.stream_views(), indices=order,
-                                               image_seed=self.seed), start=1):
+        for i, batch in enumerate(
+            data.batches(size, shuffle=False, views=self.stream_views(), indices=order, image_seed=self.seed), start=1
+        ):
             self.last_loss = None
             with prof.phase("forward"), self.autocast():
                 out = self.stream_step(batch)

@@ -11,6 +11,7 @@ clamped aspect ratio), in the pixel units of that view.
 An :class:`Augment` is a frozen, named recipe (kind plus parameters); methods build theirs from
 their hyper-parameters, and ``describe()`` goes into the run record.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,12 +39,12 @@ class ImageBatch:
     def center_float(self) -> torch.Tensor:
         return self.center.float().div(255.0)
 
-    def select(self, rows) -> "ImageBatch":
+    def select(self, rows) -> ImageBatch:
         """The images at ``rows`` (an index, slice or index tensor), every view alike."""
         pick = lambda t: t[rows] if t is not None else None  # noqa: E731
         return ImageBatch(pick(self.center), pick(self.full), pick(self.sizes))
 
-    def repeat(self, times: int) -> "ImageBatch":
+    def repeat(self, times: int) -> ImageBatch:
         """Each image ``times`` times in a row (``[a, a, b, b]``): the raw material of per-image views."""
         rep = lambda t: t.repeat_interleave(times, dim=0) if t is not None else None  # noqa: E731
         return ImageBatch(rep(self.center), rep(self.full), rep(self.sizes))
@@ -56,8 +57,13 @@ class ImageBatch:
         return self.full.float().div(255.0), self.sizes.double()
 
 
-def rrc_boxes(sizes: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float],
-              generator: torch.Generator, attempts: int = 10) -> torch.Tensor:
+def rrc_boxes(
+    sizes: torch.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+    attempts: int = 10,
+) -> torch.Tensor:
     """(B, 4) crop boxes ``(top, left, height, width)`` in pixels, torchvision's ``get_params`` batched.
 
     Per image of valid size ``(h, w)``: up to ten tries of a target area ``h w U(scale)`` and a
@@ -108,8 +114,9 @@ def resize_crop_boxes(sizes: torch.Tensor, out: int, generator: torch.Generator)
     return torch.stack([top, left, short, short], dim=1)
 
 
-def crop_resample(images: torch.Tensor, boxes: torch.Tensor, out: int, flip: torch.Tensor | None,
-                  mode: str = "bicubic") -> torch.Tensor:
+def crop_resample(
+    images: torch.Tensor, boxes: torch.Tensor, out: int, flip: torch.Tensor | None, mode: str = "bicubic"
+) -> torch.Tensor:
     """Resample ``boxes`` (top, left, height, width in pixels) of (B, 3, S, S) images to (B, 3, out, out).
 
     A box maps to the affine grid ``x = (w / S) u + (2 left + w) / S - 1`` (likewise for y) in
@@ -197,8 +204,11 @@ class Augment:
             for op in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
                 if op in auto_augment.NAME_TO_OP:
                     auto_augment.NAME_TO_OP[op] = _posterize
-            hparams = {"translate_const": int(size * 0.45), "img_mean": tuple(round(255 * m) for m in self.mean),
-                       "interpolation": str_to_pil_interp(self.interpolation)}
+            hparams = {
+                "translate_const": int(size * 0.45),
+                "img_mean": tuple(round(255 * m) for m in self.mean),
+                "interpolation": str_to_pil_interp(self.interpolation),
+            }
             self._ra.append(rand_augment_transform(self.randaugment, hparams))
         return self._ra[0]
 
@@ -219,8 +229,9 @@ class Augment:
             return crop_resample(images, resize_crop_boxes(sizes, out, generator), out, None, self.interpolation)
         boxes = rrc_boxes(sizes, self.scale, self.ratio, generator)
         flip = (torch.rand(n, generator=generator) < 0.5) if self.flip else None
-        crops = crop_resample(images, boxes, out, flip.to(images.device) if flip is not None else None,
-                              self.interpolation)
+        crops = crop_resample(
+            images, boxes, out, flip.to(images.device) if flip is not None else None, self.interpolation
+        )
         if self.kind == "augmix":
             from benchmark.adapt.augmix import augmix
 

@@ -9,13 +9,24 @@ operations; here the views that drew the same operation at a step are transforme
 Geometric operations resample bilinearly and fill with black, as PIL does; translations are
 scaled from TPT's 224-pixel images to the model's resolution.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-OPS = ("autocontrast", "equalize", "posterize", "rotate", "solarize", "shear_x", "shear_y", "translate_x", "translate_y")
+OPS = (
+    "autocontrast",
+    "equalize",
+    "posterize",
+    "rotate",
+    "solarize",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+)
 SEVERITY = 1
 CHAINS = 3
 MAX_DEPTH = 3

@@ -12,6 +12,7 @@ the positive one. What both need lives here:
 - :class:`TDACaches`: the positive and negative caches with TDA's hyper-parameters, the rule
   that offers an image to them and the logits ``z + A_pos - A_neg``.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,7 +63,9 @@ class ClassCache:
     def __len__(self) -> int:
         return sum(len(v) for v in self.entries.values())
 
-    def keys_values(self, num_classes: int, mask: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def keys_values(
+        self, num_classes: int, mask: tuple[float, float] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, D) stored features in class order and their (N, K) values: one-hot labels, or for a
         negative cache the ``mask`` of the stored probabilities."""
         labels, feats, extras = [], [], []
@@ -80,7 +83,9 @@ class ClassCache:
         return keys, values.to(device=keys.device, dtype=keys.dtype)
 
 
-def cache_logits(feature: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+def cache_logits(
+    feature: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, alpha: float, beta: float
+) -> torch.Tensor:
     """``alpha * exp(-(beta - beta * f . keys)) @ values`` (TDA's ``compute_cache_logits``)."""
     affinity = feature @ keys.t()
     return alpha * torch.exp(-(beta - beta * affinity)) @ values
@@ -119,8 +124,9 @@ class TDACaches:
         if hp["neg_entropy_lower"] < entropy / math.log2(num_classes) < hp["neg_entropy_upper"]:
             self.negative.offer(label, feature, entropy, probs)
 
-    def logits(self, feature: torch.Tensor, logits: torch.Tensor, num_classes: int,
-               positive: ClassCache | None = None) -> torch.Tensor:
+    def logits(
+        self, feature: torch.Tensor, logits: torch.Tensor, num_classes: int, positive: ClassCache | None = None
+    ) -> torch.Tensor:
         """``logits + A_pos - A_neg`` (a term skipped while its cache is empty); ``positive`` replaces
         the positive cache (BoostAdapter's per-image copy)."""
         hp = self.hp

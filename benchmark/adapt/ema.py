@@ -4,6 +4,7 @@ The teacher holds its own copy of the student's modules and follows it after eve
 step: ``theta_t <- d * theta_t + (1 - d) * theta_s`` for every floating-point entry of the state
 dict (parameters and buffers, as timm's ``ModelEma`` that MUST uses); other entries are copied.
 """
+
 from __future__ import annotations
 
 import copy

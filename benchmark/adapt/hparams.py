@@ -1,4 +1,5 @@
 """Hyper-parameter values: types and numeric domains, checked when a method's values are resolved."""
+
 from __future__ import annotations
 
 import math

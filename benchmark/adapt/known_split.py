@@ -5,6 +5,7 @@ alone: UniEnt fits a two-component Gaussian mixture to each batch's outlier scor
 searches a threshold on a grid that minimises the within-group variance of its recent scores
 (Otsu's criterion). Both are pure functions of the scores.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ Every helper computes in float32 (logits may arrive in bf16 under autocast) so t
 nearly uniform distributions keep their precision. Notation: ``p_i = softmax(logits_i)`` over the
 K known classes, ``H(q) = -sum_k q_k log(q_k + eps)``.
 """
+
 from __future__ import annotations
 
 import torch

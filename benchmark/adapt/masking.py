@@ -4,6 +4,7 @@ Patches are indexed row-major over the ``g x g`` patch grid, ``P = g * g``. A pi
 flat vector of its ``3 * p * p`` values in (channel, row, column) order, the order in which a
 1x1-conv decoder followed by ``PixelShuffle(p)`` (MUST's decoder) lays out its output.
 """
+
 from __future__ import annotations
 
 import math

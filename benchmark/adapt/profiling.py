@@ -5,6 +5,7 @@ The default ``NULL_PROFILER`` makes those calls no-ops, so an unprofiled run pay
 a ``Profiler`` synchronises CUDA at phase boundaries so that asynchronous kernels are charged
 to the phase that launched them.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -10,6 +10,7 @@ same way under their own names.
 
 Notation: ``z = logits`` (N, K), ``c = z / 100`` the cosine similarities, ``p = softmax(z)``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -28,10 +29,12 @@ DESCRIPTIONS: dict[str, str] = {}
 
 def register_score(name: str, description: str) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator: register ``fn(logits) -> (N,) score`` under ``name`` with a one-line description."""
+
     def wrap(fn: ScoreFn) -> ScoreFn:
         SCORES.register_module(name=name, module=fn)
         DESCRIPTIONS[name] = description
         return fn
+
     return wrap
 
 

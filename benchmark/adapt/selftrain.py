@@ -5,6 +5,7 @@ the pseudo-label of image i is ``y_i = argmax_k p_ik`` and its confidence the ma
 probability ``c_i = max_k p_ik`` (MSP). Selections return ``(indices, labels)``: LongTensors of
 the selected rows (ascending) and their pseudo-labels.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """``UnlabeledData``: the only view of the target data a method ever gets (images, no labels)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -22,8 +23,14 @@ class UnlabeledData:
     raw uint8 views for methods that draw views of their own (TPT, TDA, ROSITA).
     """
 
-    def __init__(self, images: torch.Tensor, device: torch.device | str = "cpu", seed: int = 0,
-                 full: torch.Tensor | None = None, sizes: np.ndarray | torch.Tensor | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        full: torch.Tensor | None = None,
+        sizes: np.ndarray | torch.Tensor | None = None,
+    ):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError("UnlabeledData expects uint8 images of shape (N, 3, H, W)")
         if (full is None) != (sizes is None) or (full is not None and full.shape != images.shape):

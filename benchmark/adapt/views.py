@@ -47,6 +47,7 @@ that even a method which changes the encoder by other means is never served anot
 features. Features are computed under ``no_grad``; a method that needs gradients through the
 encoder cannot use this path.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -108,6 +109,7 @@ def checkpoint_logit_scale(model: ClipClassifier) -> float:
 
 # ---- the in-memory LRU --------------------------------------------------------------------------
 
+
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
@@ -165,8 +167,9 @@ def encoder_fingerprint(model: ClipClassifier) -> str:
     """
     visual = model.visual
     state = visual.state_dict(keep_vars=True)
-    signature = tuple((name, id(t), t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
-                      for name, t in state.items())
+    signature = tuple(
+        (name, id(t), t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for name, t in state.items()
+    )
     known = _FINGERPRINTS.get(visual)
     if known is not None and known[0] == signature:
         return known[1]
@@ -199,9 +202,21 @@ def _sha1(parts: list) -> str:
 def common_key(model: ClipClassifier, views: int, augment: Augment, seed: int) -> str:
     """Digest of what every image's view features share: encoder, numerics, augmentation, view count, seed."""
     described = json.dumps({**augment.describe(), "mean": list(augment.mean)}, sort_keys=True, default=list)
-    return _sha1([FORMAT, encoder_fingerprint(model), _device_id(model.device), torch.__version__,
-                  _autocast_state(model.device), model.input_dtype, model.mean.flatten().tolist(),
-                  model.std.flatten().tolist(), described, int(views), int(seed)])
+    return _sha1(
+        [
+            FORMAT,
+            encoder_fingerprint(model),
+            _device_id(model.device),
+            torch.__version__,
+            _autocast_state(model.device),
+            model.input_dtype,
+            model.mean.flatten().tolist(),
+            model.std.flatten().tolist(),
+            described,
+            int(views),
+            int(seed),
+        ]
+    )
 
 
 def image_digests(raw: ImageBatch) -> list[str]:
@@ -229,6 +244,7 @@ def image_keys(common: str, index: torch.Tensor, raw: ImageBatch) -> list[str]:
 
 # ---- the cache ----------------------------------------------------------------------------------
 
+
 class ViewCache:
     """View features of frozen-encoder methods: the process-wide memory LRU, and optionally a disk folder.
 
@@ -248,7 +264,7 @@ class ViewCache:
         self._dirty_bytes = 0
 
     @classmethod
-    def for_run(cls, out: Path | str, context: str = "") -> "ViewCache":
+    def for_run(cls, out: Path | str, context: str = "") -> ViewCache:
         """The cache of a sweep: ``$CLIPBENCH_FEATURES/views`` when set, else ``<out>/features/views``."""
         root = Path(os.environ.get(ENV_ROOT) or Path(out) / "features") / SUBDIR
         return cls(root, context)
@@ -341,6 +357,7 @@ def active_cache(model: ClipClassifier) -> ViewCache | None:
 
 # ---- the views' features ------------------------------------------------------------------------
 
+
 def image_views(raw: ImageBatch, views: int, augment: Augment, generator: torch.Generator) -> torch.Tensor:
     """(V, 3, R, R) float [0, 1] views of one image (``raw`` holds it alone): the test view, then
     ``V - 1`` augmentations of the whole image drawn from ``generator``."""
@@ -350,8 +367,9 @@ def image_views(raw: ImageBatch, views: int, augment: Augment, generator: torch.
     return torch.cat([original, augment(raw.repeat(views - 1), generator)])
 
 
-def encode_views(model: ClipClassifier, raw: ImageBatch, views: int, augment: Augment,
-                 generator: torch.Generator) -> torch.Tensor:
+def encode_views(
+    model: ClipClassifier, raw: ImageBatch, views: int, augment: Augment, generator: torch.Generator
+) -> torch.Tensor:
     """(V, D) features of one image's views, encoded as one batch of V."""
     return model.image_features(image_views(raw, views, augment, generator))
 

@@ -1,4 +1,5 @@
 """Hyper-parameter values as tables show them: departures from a recipe and the row label."""
+
 from __future__ import annotations
 
 from typing import Any

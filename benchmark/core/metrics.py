@@ -9,6 +9,7 @@ Conventions shared by every function:
 - Thresholds are applied as ``score >= t``; samples with equal scores always enter together
   (ties are grouped), which makes ties between a known and an unknown count one half in AUROC.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -338,12 +339,18 @@ def classification_metrics(pred: object, label: object, num_known: int) -> dict[
     """``acc``, ``acc_pc`` and the counts ``n``, ``n_known``, ``n_unknown`` (no score needed)."""
     pred_a, label_a, k = _check_classification(pred, label, num_known)
     n_known = int((label_a < k).sum())
-    return {"acc": accuracy(pred_a, label_a, k), "acc_pc": per_class_accuracy(pred_a, label_a, k),
-            "n": int(label_a.size), "n_known": n_known, "n_unknown": int(label_a.size - n_known)}
+    return {
+        "acc": accuracy(pred_a, label_a, k),
+        "acc_pc": per_class_accuracy(pred_a, label_a, k),
+        "n": int(label_a.size),
+        "n_known": n_known,
+        "n_unknown": int(label_a.size - n_known),
+    }
 
 
-def score_metrics(pred: object, label: object, score: object, num_known: int,
-                  threshold: float = _NAN, acc_pc: float | None = None) -> dict[str, float]:
+def score_metrics(
+    pred: object, label: object, score: object, num_known: int, threshold: float = _NAN, acc_pc: float | None = None
+) -> dict[str, float]:
     """The metrics of one OOD score, in percent.
 
     ``auroc``, ``fpr95`` (FPR at 95% TPR), ``aupr_in`` (AP, known positive, ``score``),
@@ -374,8 +381,9 @@ def score_metrics(pred: object, label: object, score: object, num_known: int,
     return out
 
 
-def open_set_metrics(pred: object, label: object, score: object, num_known: int,
-                     threshold: float | None = None) -> dict[str, float]:
+def open_set_metrics(
+    pred: object, label: object, score: object, num_known: int, threshold: float | None = None
+) -> dict[str, float]:
     """All open-set metrics of one evaluation with one score, in percent (a flat dict).
 
     :func:`classification_metrics` plus :func:`score_metrics`; ``threshold`` None fits Otsu's

@@ -1,4 +1,5 @@
 """The repository's own folders, defined once."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ A run directory is complete when its ``result.json`` parses and says ``status: d
 half-written file can never be observed because every file is written to a temporary name in
 the same directory and renamed into place (``os.replace`` is atomic on POSIX).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -111,7 +112,10 @@ def read_record(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"{path}: {'; '.join(found)}"
     version = rec["spec"].get("protocol_version")
     if version != PROTOCOL_VERSION:
-        return None, f"{path}: protocol version {version!r}, this version computes {PROTOCOL_VERSION} (rerun to recompute)"
+        return (
+            None,
+            f"{path}: protocol version {version!r}, this version computes {PROTOCOL_VERSION} (rerun to recompute)",
+        )
     if rec["hash"] != run_dir.name or spec_hash(rec["spec"]) != rec["hash"]:
         return None, f"{path}: its spec hashes to {spec_hash(rec['spec'])}, not to its folder's name {run_dir.name}"
     if rec["status"] == "done":
@@ -132,7 +136,7 @@ def is_complete(run_dir: Path) -> bool:
 def load_records(out: Path) -> list[dict[str, Any]]:
     """Every valid record under ``out/runs``, in folder order (for scripts and notebooks)::
 
-        pd.json_normalize(load_records("results"))   # one row per run, nested keys dotted
+    pd.json_normalize(load_records("results"))   # one row per run, nested keys dotted
     """
     return [rec for _, rec in scan_records(out)[0]]
 

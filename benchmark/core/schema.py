@@ -23,6 +23,7 @@ data, timings, environment, execution, history, curve, label_free, rejection,
 num_trainable, validation_domains, started, finished: facts about the run
 =================== ==================================================================
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -50,8 +51,19 @@ _REQUIRED_DONE: dict[str, type | tuple[type, ...]] = {
     "metrics": dict,
     "preds_sha256": str,
 }
-_SPEC_KEYS = ("method", "dataset", "domain", "setting", "protocol", "seed", "model", "pretrained", "hparams",
-              "device", "protocol_version")
+_SPEC_KEYS = (
+    "method",
+    "dataset",
+    "domain",
+    "setting",
+    "protocol",
+    "seed",
+    "model",
+    "pretrained",
+    "hparams",
+    "device",
+    "protocol_version",
+)
 
 
 class RecordError(ValueError):

@@ -4,6 +4,7 @@ A spec is built once, by the sweep, with every hyper-parameter resolved (default
 set's recipe and overrides, the user's options, the method's derived values, and the precision
 made concrete for the device kind), so every later step reads it and none resolves again.
 """
+
 from __future__ import annotations
 
 import hashlib

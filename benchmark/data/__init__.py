@@ -15,6 +15,7 @@ checksums against the spec) and ``manifest`` (what was installed).
 
 Importing the package registers every data set in ``benchmark.registry.DATASETS``.
 """
+
 import functools
 
 from benchmark.core.paths import DATASETS_DIR

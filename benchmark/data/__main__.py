@@ -9,6 +9,7 @@
 
 Exit status: 0 when all is well, 1 when data are missing or wrong, 2 on bad arguments.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,10 @@ from pathlib import Path
 from benchmark.data.cache import CACHE_ENV, CACHE_FOLDER
 from benchmark.data.catalog import dataset_names, get_spec
 from benchmark.data.errors import DataError, UnknownNameError
-from benchmark.data.spec import DatasetSpec
 from benchmark.data.fetch import download
 from benchmark.data.install import prepare
 from benchmark.data.locate import DATA_ROOT_ENV, expected_layout, how_to_get
+from benchmark.data.spec import DatasetSpec
 from benchmark.data.split import decode_domain
 from benchmark.data.verify import verify
 
@@ -90,12 +91,16 @@ def _verify(args: argparse.Namespace) -> int:
 def _download(args: argparse.Namespace) -> int:
     spec = get_spec(args.name)
     if not spec.download:
-        print(f"{spec.title} cannot be downloaded automatically.\n{how_to_get(spec)}\n"
-              f"Then: python -m benchmark.data prepare {spec.name} --archive FILE --data-root DIR")
+        print(
+            f"{spec.title} cannot be downloaded automatically.\n{how_to_get(spec)}\n"
+            f"Then: python -m benchmark.data prepare {spec.name} --archive FILE --data-root DIR"
+        )
         return 1
     root = download(spec, args.data_root, args.domains, keep_archives=args.keep_archives, overwrite=args.overwrite)
-    print(f"{spec.title} is in {root}; check it with: python -m benchmark.data verify {spec.name} "
-          f"--data-root {root.parent}")
+    print(
+        f"{spec.title} is in {root}; check it with: python -m benchmark.data verify {spec.name} "
+        f"--data-root {root.parent}"
+    )
     return 0
 
 
@@ -116,8 +121,7 @@ def _cache(args: argparse.Namespace) -> int:
     if spec is None:
         return 0
     for domain in args.domains or spec.domains:
-        files, folder, decoded = decode_domain(spec, domain, args.data_root, args.resolution, args.threads,
-                                               args.cache)
+        files, folder, decoded = decode_domain(spec, domain, args.data_root, args.resolution, args.threads, args.cache)
         sizes = ", ".join(f"{k} {len(v.images)}" for k, v in decoded.items())
         print(f"{spec.name}/{domain}: {sizes} images at {args.resolution} px cached in {folder}")
     return 0
@@ -146,8 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("prepare", help="check and install archives or list files fetched by hand")
     _data_args(sub)
-    sub.add_argument("--archive", nargs="+", required=True, type=Path, metavar="FILE",
-                     help="archive(s) (.zip, .tar[.gz]) or split list file(s)")
+    sub.add_argument(
+        "--archive",
+        nargs="+",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="archive(s) (.zip, .tar[.gz]) or split list file(s)",
+    )
     sub.add_argument("--overwrite", action="store_true", help="replace parts that are already installed")
     sub.set_defaults(run=_prepare)
 
@@ -162,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(sub)
     sub.add_argument("--domains", nargs="+", default=None, help="only these domains (default: all)")
     sub.add_argument("--resolution", type=int, default=224, help="the model's input size (default: 224)")
-    sub.add_argument("--cache", default=None, help=f"cache folder (default: ${CACHE_ENV}, else <data_root>/{CACHE_FOLDER})")
+    sub.add_argument(
+        "--cache", default=None, help=f"cache folder (default: ${CACHE_ENV}, else <data_root>/{CACHE_FOLDER})"
+    )
     sub.add_argument("--threads", type=int, default=None, help="decoding threads (default: CPUs, at most 8)")
     sub.set_defaults(run=_cache)
     return parser

@@ -5,6 +5,7 @@ pointing outside and device files; zip: names are checked before anything is wri
 archive raises ``DataError`` naming it; the caller extracts into a temporary folder and discards
 it, so a failure never leaves a half-extracted data set.
 """
+
 from __future__ import annotations
 
 import os
@@ -82,8 +83,14 @@ def extract(archive: Path, dest: Path) -> int:
             f"not enough free space in {dest} to extract {archive} ({archive.stat().st_size >> 20} MiB archive, "
             f"{shutil.disk_usage(dest).free >> 20} MiB free)"
         )
-    with tqdm(total=archive.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
-              desc=f"extracting {archive.name}", leave=False) as bar:
+    with tqdm(
+        total=archive.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=f"extracting {archive.name}",
+        leave=False,
+    ) as bar:
         try:
             if archive.name.lower().endswith(".zip"):
                 return _extract_zip(archive, dest, bar)

@@ -17,6 +17,7 @@ decoding, big domains need not fit in RAM, and parallel jobs share the pages.
   domain; other row selections (e.g. the UEO protocol's opda adapt set) are cached beside their
   source as ``<source name>-rows-<digest>.u8``.
 """
+
 from __future__ import annotations
 
 import contextlib

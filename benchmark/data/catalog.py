@@ -4,6 +4,7 @@ Adding a data set is adding a folder; no code changes. Specs are parsed on first
 cached (re-parsed if the file changes), and each data set is registered in the ``DATASETS``
 registry as a loader so that ``DATASETS.build(dict(type=name, domain=..., setting=...))`` works.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,6 @@ from benchmark.core.paths import DATASETS_DIR
 from benchmark.data.errors import UnknownNameError
 from benchmark.data.parse import parse_spec
 from benchmark.data.spec import SPEC_FILE, DatasetSpec
-
 
 _cache: dict[Path, tuple[int, DatasetSpec]] = {}
 

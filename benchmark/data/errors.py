@@ -4,6 +4,7 @@
 was looked for, where, and how to get it. ``UnknownNameError`` is a ``DataError`` that is also
 a ``KeyError`` so that callers can catch either; its message lists the valid names.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -7,6 +7,7 @@ and digests *before* anything is extracted, then installed into the expected lay
 Entries already installed (by a manifest, or present on disk) are skipped, so a rerun only
 fetches what is missing.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,11 +60,16 @@ def download(
     wanted = None if domains is None else {spec.resolve_domain(d) for d in domains}
     entries = [e for e in spec.download if wanted is None or e.get("domain") is None or e["domain"] in wanted]
     downloads = base / DOWNLOADS_DIR / spec.name
-    odd = [str(e["url"]) for e in entries if not is_archive(Path(source_name(str(e["url"]))))
-           and source_name(str(e["url"])) not in list_names(spec)]
+    odd = [
+        str(e["url"])
+        for e in entries
+        if not is_archive(Path(source_name(str(e["url"])))) and source_name(str(e["url"])) not in list_names(spec)
+    ]
     if odd:
-        raise DataError(f"{spec.path / 'dataset.yaml'}: download entries must be archives or list files of "
-                        f"{spec.name}; cannot install {odd}")
+        raise DataError(
+            f"{spec.path / 'dataset.yaml'}: download entries must be archives or list files of "
+            f"{spec.name}; cannot install {odd}"
+        )
     for number, entry in enumerate(entries, start=1):
         url = str(entry["url"])
         name = source_name(url)
@@ -80,8 +86,9 @@ def download(
             facts = check_source(spec, file, entry)
         except DataError as exc:
             file.unlink(missing_ok=True)
-            raise DataError(f"{exc}. The file was deleted and nothing was installed; run the command again "
-                            f"to download it afresh") from exc
+            raise DataError(
+                f"{exc}. The file was deleted and nothing was installed; run the command again to download it afresh"
+            ) from exc
         checked = ", ".join(facts["checked"]) or "no size or checksum recorded in the spec"
         print(f"{step}: {facts['size']} bytes, sha256 {facts['sha256']} (checked: {checked})")
         install(spec, file, base, facts, overwrite=overwrite)

@@ -5,6 +5,7 @@ modification time of every file, as the decode cache keys them) and of the list 
 themselves. For a generated data set: the generator module's source and the spec's layout, so a
 change of the generator makes old records stale too. Computed once per process and domain.
 """
+
 from __future__ import annotations
 
 import functools

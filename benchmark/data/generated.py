@@ -5,6 +5,7 @@ The generator (``benchmark.data.synthetic`` for the embedded benchmark) exposes
 indexing its ``CLASSES``; the images are brought to the requested resolution with the same
 resize-and-crop geometry as files on disk.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,9 @@ from benchmark.data.images import resize_array
 from benchmark.data.spec import DatasetSpec, load_generator
 
 
-def render_domain(spec: DatasetSpec, domain: str, resolution: int,
-                  seed: int | None = None) -> tuple[torch.Tensor, np.ndarray, list[str], int]:
+def render_domain(
+    spec: DatasetSpec, domain: str, resolution: int, seed: int | None = None
+) -> tuple[torch.Tensor, np.ndarray, list[str], int]:
     """Render one domain: (N, 3, R, R) uint8 images, pinned labels, ids ``<name>/<domain>/<index>``, and the seed.
 
     ``seed`` None renders the spec's fixed images (``layout.seed``); a run passes its data seed

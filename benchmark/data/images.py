@@ -12,6 +12,7 @@ Two views of every image, each a ``torch.uint8`` tensor of shape (3, R, R):
 Files are decoded with PIL in a few threads (PIL releases the GIL while decoding) straight into
 one preallocated tensor to keep memory low.
 """
+
 from __future__ import annotations
 
 import os

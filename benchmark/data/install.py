@@ -6,6 +6,7 @@ by the spec's candidate names, list files by the spec's templates) and each part
 ``<data_root>/<root>/`` with one rename. A failure at any point removes the temporary folder, so a
 data set is never left half-extracted; parts already present are only replaced on request.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,12 @@ def _folders(top: Path) -> list[Path]:
     """``top`` and its sub-folders down to ``MAX_DEPTH``, shallowest first, skipping hidden and junk."""
     found, level = [top], [top]
     for _ in range(MAX_DEPTH):
-        level = [Path(e.path) for d in level for e in sorted(os.scandir(d), key=lambda e: e.name)
-                 if e.is_dir() and not e.name.startswith((".", "__MACOSX"))]
+        level = [
+            Path(e.path)
+            for d in level
+            for e in sorted(os.scandir(d), key=lambda e: e.name)
+            if e.is_dir() and not e.name.startswith((".", "__MACOSX"))
+        ]
         found += level
     return found
 
@@ -70,8 +75,10 @@ def _find_domain(spec: DatasetSpec, domain: str, folders: list[Path]) -> Part | 
         first, _, rest = candidate.partition("/")
         for folder in folders:
             for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                if entry.is_dir() and normalise_name(entry.name) == normalise_name(first) and (
-                    not rest or (Path(entry.path) / rest).is_dir()
+                if (
+                    entry.is_dir()
+                    and normalise_name(entry.name) == normalise_name(first)
+                    and (not rest or (Path(entry.path) / rest).is_dir())
                 ):
                     return Part(Path(entry.path), first, f"domain {domain}")
     return None
@@ -93,7 +100,7 @@ def find_parts(spec: DatasetSpec, staging: Path) -> list[Part]:
 def _remove_stale_staging(data_root: Path) -> None:
     """Delete temporary folders left by killed runs (their process id is no longer alive)."""
     for folder in data_root.glob(f"{STAGING_PREFIX}*"):
-        pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        pid = folder.name[len(STAGING_PREFIX) :].split("-", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:

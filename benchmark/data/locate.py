@@ -5,6 +5,7 @@ loosely: case-insensitive, space/underscore/hyphen alike, plus explicit aliases)
 (``<path> <label>`` files whose labels are in the pinned order and are trusted). Every failure
 is a ``DataError`` that names the path looked for, the expected layout and how to get the data.
 """
+
 from __future__ import annotations
 
 import os
@@ -73,14 +74,18 @@ def how_to_get(spec: DatasetSpec) -> str:
     commands = [f"`python -m benchmark.data info {spec.name}` shows the layout"]
     if spec.download:
         commands.append(f"`python -m benchmark.data download {spec.name} --data-root DIR` fetches it")
-    commands.append(f"`python -m benchmark.data prepare {spec.name} --archive FILE --data-root DIR` installs an "
-                    f"archive downloaded by hand")
+    commands.append(
+        f"`python -m benchmark.data prepare {spec.name} --archive FILE --data-root DIR` installs an "
+        f"archive downloaded by hand"
+    )
     commands.append(f"`python -m benchmark.data verify {spec.name} --data-root DIR` checks a data root")
     return f"{spec.get}\n" + "; ".join(commands) + "."
 
 
 def _error(spec: DatasetSpec, problem: str) -> DataError:
-    return DataError(f"{problem}\nExpected layout: {expected_layout(spec)}\nHow to get {spec.title}: {how_to_get(spec)}")
+    return DataError(
+        f"{problem}\nExpected layout: {expected_layout(spec)}\nHow to get {spec.title}: {how_to_get(spec)}"
+    )
 
 
 def resolve_data_root(spec: DatasetSpec, data_root: str | os.PathLike | None) -> Path:
@@ -210,10 +215,16 @@ def read_list(spec: DatasetSpec, file: Path, root: Path) -> FileSet:
         items.append((str(root / entry), label))
     if outside:
         number, entry = outside[0]
-        more = f" (and {len(outside) - 1} more such line(s): {', '.join(str(n) for n, _ in outside[1:6])}" \
-               f"{', ...' if len(outside) > 6 else ''})" if len(outside) > 1 else ""
-        raise ListError(f"{file}:{number}: path {entry!r} lies outside the data set's root {root}; list paths "
-                        f"must be relative to it and stay inside it{more}")
+        more = (
+            f" (and {len(outside) - 1} more such line(s): {', '.join(str(n) for n, _ in outside[1:6])}"
+            f"{', ...' if len(outside) > 6 else ''})"
+            if len(outside) > 1
+            else ""
+        )
+        raise ListError(
+            f"{file}:{number}: path {entry!r} lies outside the data set's root {root}; list paths "
+            f"must be relative to it and stay inside it{more}"
+        )
     items.sort(key=_by_class)
     return FileSet([Path(p) for p, _ in items], np.array([i for _, i in items], dtype=np.int64))
 

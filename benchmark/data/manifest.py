@@ -5,6 +5,7 @@ source (archive or list file) one JSON file ``<data set root>/.clipbench_manifes
 records the source's size and sha256, the top-level names it installed, and every installed
 file with its size, so ``verify`` names the files that went missing or changed since.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Parsing and validating one ``datasets/<name>/dataset.yaml`` into a ``DatasetSpec`` (schema in
 ``benchmark.data.spec``): any defect raises ``DataError`` naming the file, so typos do not pass silently."""
+
 from __future__ import annotations
 
 import re
@@ -10,7 +11,21 @@ from typing import Any
 import yaml
 
 from benchmark.data.errors import DataError
-from benchmark.data.spec import (LAYOUT_KINDS, DEFAULT_EXTENSIONS, FROM_GENERATOR, _TOP_KEYS, _LAYOUT_KEYS, _PROTOCOL_KEYS, DEFAULT_SCORE, normalise_name, load_generator, Domain, Layout, Protocol, DatasetSpec)
+from benchmark.data.spec import (
+    _LAYOUT_KEYS,
+    _PROTOCOL_KEYS,
+    _TOP_KEYS,
+    DEFAULT_EXTENSIONS,
+    DEFAULT_SCORE,
+    FROM_GENERATOR,
+    LAYOUT_KINDS,
+    DatasetSpec,
+    Domain,
+    Layout,
+    Protocol,
+    load_generator,
+    normalise_name,
+)
 
 
 def _fail(path: Path, message: str) -> DataError:
@@ -139,8 +154,9 @@ def _class_index(path: Path, item: Any, classes: list[str], where: str) -> list[
             raise _fail(path, f"{where}: unknown class name {item!r}")
         indices = [keys.index(normalise_name(item))]
     else:
-        raise _fail(path, f"{where}: a class item is an index, an inclusive [first, last] range or a name, "
-                          f"got {item!r}")
+        raise _fail(
+            path, f"{where}: a class item is an index, an inclusive [first, last] range or a name, got {item!r}"
+        )
     bad = [i for i in indices if not 0 <= i < len(classes)]
     if bad:
         raise _fail(path, f"{where}: class index {bad[0]} out of range 0..{len(classes) - 1}")

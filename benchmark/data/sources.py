@@ -5,6 +5,7 @@ matched to an entry by file name (the last part of the URL), so an archive downl
 checked exactly like one the ``download`` command fetched. Where the spec records nothing, the
 file's sha256 is still computed and reported, so that it can be compared or recorded.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,12 +43,16 @@ def check_source(spec: DatasetSpec, file: Path, entry: dict[str, Any] | None = N
     size = file.stat().st_size
     where = f"{spec.path / 'dataset.yaml'}"
     if "size" in recorded and size != recorded["size"]:
-        raise DataError(f"{file} has {size} bytes, {where} records {recorded['size']} for {file.name}: "
-                        f"incomplete or a different file")
+        raise DataError(
+            f"{file} has {size} bytes, {where} records {recorded['size']} for {file.name}: "
+            f"incomplete or a different file"
+        )
     wanted = ["sha256", *(a for a in DIGESTS if a in recorded and a != "sha256")]
     digests = file_digests(file, wanted)
     for algo in DIGESTS:
         if algo in recorded and digests[algo] != recorded[algo]:
-            raise DataError(f"{file}: {algo} {digests[algo]} does not match {recorded[algo]} recorded in {where} "
-                            f"for {file.name}: the file is corrupt or a different version")
+            raise DataError(
+                f"{file}: {algo} {digests[algo]} does not match {recorded[algo]} recorded in {where} "
+                f"for {file.name}: the file is corrupt or a different version"
+            )
     return {"size": size, **digests, "checked": sorted(recorded)}

@@ -51,6 +51,7 @@ A synthetic layout may say ``resample: true``: each run seed then draws its own 
 Folders-layout and synthetic data sets are transductive: one image set per domain serves as
 adapt set (the images of the adapt classes) and test set (the images of the test classes).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -70,8 +71,20 @@ DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FROM_GENERATOR = "generator"
 
 _TOP_KEYS = {
-    "name", "title", "classes", "domains", "layout", "get", "download", "protocols",
-    "default_protocol", "recipes", "overrides", "validation_domains", "grids", "notes",
+    "name",
+    "title",
+    "classes",
+    "domains",
+    "layout",
+    "get",
+    "download",
+    "protocols",
+    "default_protocol",
+    "recipes",
+    "overrides",
+    "validation_domains",
+    "grids",
+    "notes",
 }
 _LAYOUT_KEYS = {
     "folders": {"kind", "root", "extensions", "class_folders"},

@@ -6,6 +6,7 @@ pinned index of every sample is kept too (``SplitPart.classes``) for the run rec
 Each image set (a domain, or one of its split lists) is decoded once, through the decode cache;
 adapt and test sets are row selections of it, so every setting and protocol reuses one decode.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmark.data.cache import cache_dir, digest, read_images_cached, select_rows
 from benchmark.data.catalog import get_spec
 from benchmark.data.errors import DataError
 from benchmark.data.generated import render_domain
-from benchmark.data.cache import cache_dir, digest, read_images_cached, select_rows
 from benchmark.data.images import as_paths
 from benchmark.data.locate import DomainFiles, locate
 from benchmark.data.spec import DatasetSpec
@@ -87,8 +88,12 @@ def _check_count(spec: DatasetSpec, domain: str, found: dict[str, int]) -> dict[
 def _select(source: ImageSet, classes: np.ndarray, label_map: np.ndarray, folder: Path | None = None) -> SplitPart:
     """The rows of a decoded image set whose class is in ``classes`` (cached beside it when it has a stem)."""
     rows = np.isin(source.pinned, classes)
-    part = SplitPart(images=select_rows(source.images, rows, folder, source.stem), labels=label_map[source.pinned[rows]],
-                     paths=[i for i, keep in zip(source.ids, rows) if keep], classes=source.pinned[rows])
+    part = SplitPart(
+        images=select_rows(source.images, rows, folder, source.stem),
+        labels=label_map[source.pinned[rows]],
+        paths=[i for i, keep in zip(source.ids, rows) if keep],
+        classes=source.pinned[rows],
+    )
     if source.full is not None:
         part.full = select_rows(source.full, rows, folder, source.full_stem)
         part.sizes = source.sizes[rows]
@@ -116,13 +121,25 @@ def decode_domain(
     label = f"{spec.name}-{spec.resolve_domain(domain)}-{digest(str(files.dataset_root))}"
     decoded = {}
     for set_name, fileset in sets.items():
-        images, stem, _ = read_images_cached(fileset.paths, resolution, f"{label}-{set_name}", folder,
-                                             desc=f"{spec.name}/{domain} {set_name}", threads=threads)
+        images, stem, _ = read_images_cached(
+            fileset.paths,
+            resolution,
+            f"{label}-{set_name}",
+            folder,
+            desc=f"{spec.name}/{domain} {set_name}",
+            threads=threads,
+        )
         entry = ImageSet(images, fileset.labels, as_paths(fileset.paths, files.data_root), stem)
         if full:
             entry.full, entry.full_stem, entry.sizes = read_images_cached(
-                fileset.paths, resolution, f"{label}-{set_name}", folder, desc=f"{spec.name}/{domain} {set_name} (full)",
-                threads=threads, view="full")
+                fileset.paths,
+                resolution,
+                f"{label}-{set_name}",
+                folder,
+                desc=f"{spec.name}/{domain} {set_name} (full)",
+                threads=threads,
+                view="full",
+            )
         decoded[set_name] = entry
     return files, folder, decoded
 
@@ -167,16 +184,20 @@ def load_split(
         found = {"all": len(present)}
         adapt, test = (_select(source, wanted[p], label_map) for p in ("adapt", "test"))
         layout = spec.layout
-        extra.update(generator=layout.generator, n_per_class=layout.n_per_class,
-                     generator_seed=seed, generator_size=layout.size)
+        extra.update(
+            generator=layout.generator, n_per_class=layout.n_per_class, generator_seed=seed, generator_size=layout.size
+        )
     else:
         files, folder, decoded = decode_domain(spec, domain, data_root, resolution, threads, cache, full)
         present = files.test.labels
-        extra.update(data_root=str(files.data_root), sources=[str(s) for s in files.sources],
-                     cache=folder and str(folder))
+        extra.update(
+            data_root=str(files.data_root), sources=[str(s) for s in files.sources], cache=folder and str(folder)
+        )
         found = {set_name: len(entry.images) for set_name, entry in decoded.items()}
-        adapt, test = (_select(decoded["all" if files.transductive else part], wanted[part], label_map, folder)
-                       for part in ("adapt", "test"))
+        adapt, test = (
+            _select(decoded["all" if files.transductive else part], wanted[part], label_map, folder)
+            for part in ("adapt", "test")
+        )
 
     for label, part in (("adapt", adapt), ("test", test)):
         if len(part) == 0:

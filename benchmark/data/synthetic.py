@@ -15,18 +15,35 @@ arithmetic and ``sqrt`` (no vectorised transcendental functions, no BLAS), and r
 from a ``numpy`` ``Generator`` seeded from ``(seed, domain index)``, so that the same call gives
 the same bytes on any machine with the same ``numpy``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 CLASSES: list[str] = [
-    "circle", "square", "triangle", "ring", "heart",
-    "diamond", "crescent", "flower", "house", "semicircle",
-    "hourglass", "pentagon", "frame", "bone", "zigzag",
-    "star", "cross", "arrow", "hexagon", "lightning",
+    "circle",
+    "square",
+    "triangle",
+    "ring",
+    "heart",
+    "diamond",
+    "crescent",
+    "flower",
+    "house",
+    "semicircle",
+    "hourglass",
+    "pentagon",
+    "frame",
+    "bone",
+    "zigzag",
+    "star",
+    "cross",
+    "arrow",
+    "hexagon",
+    "lightning",
 ]
 """Class names in pinned order; ``CLASSES[:15]`` are the known classes, ``CLASSES[15:]`` unknown.
 
@@ -61,8 +78,10 @@ _Vec = list[tuple[float, float]]
 
 def _regular(k: int, r: float, phase_deg: float = 90.0) -> _Vec:
     """Vertices of a regular ``k``-gon of circumradius ``r`` with a vertex at ``phase_deg``."""
-    return [(r * math.cos(math.radians(phase_deg + 360.0 * i / k)),
-             r * math.sin(math.radians(phase_deg + 360.0 * i / k))) for i in range(k)]
+    return [
+        (r * math.cos(math.radians(phase_deg + 360.0 * i / k)), r * math.sin(math.radians(phase_deg + 360.0 * i / k)))
+        for i in range(k)
+    ]
 
 
 def _star_vertices(points: int, outer: float, inner: float) -> _Vec:
@@ -108,8 +127,7 @@ def _disc(px: np.ndarray, py: np.ndarray, cx: float, cy: float, r: float) -> np.
     return np.sqrt((px - _F(cx)) ** 2 + (py - _F(cy)) ** 2) - _F(r)
 
 
-def _box(px: np.ndarray, py: np.ndarray, hx: float, hy: float, cx: float = 0.0,
-         cy: float = 0.0) -> np.ndarray:
+def _box(px: np.ndarray, py: np.ndarray, hx: float, hy: float, cx: float = 0.0, cy: float = 0.0) -> np.ndarray:
     """Signed distance to an axis-aligned box with half sizes ``hx``, ``hy``."""
     qx = np.abs(px - _F(cx)) - _F(hx)
     qy = np.abs(py - _F(cy)) - _F(hy)
@@ -120,17 +138,14 @@ def _box(px: np.ndarray, py: np.ndarray, hx: float, hy: float, cx: float = 0.0,
 _TRIANGLE = _regular(3, 1.0)
 _STAR = _star_vertices(5, 1.0, 0.45)
 _HEART = _heart_vertices()
-_ARROW = [(-0.9, -0.2), (0.15, -0.2), (0.15, -0.6), (0.9, 0.0), (0.15, 0.6), (0.15, 0.2),
-          (-0.9, 0.2)]
+_ARROW = [(-0.9, -0.2), (0.15, -0.2), (0.15, -0.6), (0.9, 0.0), (0.15, 0.6), (0.15, 0.2), (-0.9, 0.2)]
 _DIAMOND = [(0.0, 1.0), (0.62, 0.0), (0.0, -1.0), (-0.62, 0.0)]
 _HEXAGON = _regular(6, 0.9, 0.0)
-_HOUSE = [(-0.65, -0.85), (0.65, -0.85), (0.65, 0.1), (0.85, 0.1), (0.0, 0.9), (-0.85, 0.1),
-          (-0.65, 0.1)]
+_HOUSE = [(-0.65, -0.85), (0.65, -0.85), (0.65, 0.1), (0.85, 0.1), (0.0, 0.9), (-0.85, 0.1), (-0.65, 0.1)]
 _HOURGLASS = [(-0.7, 0.9), (0.7, 0.9), (0.1, 0.0), (0.7, -0.9), (-0.7, -0.9), (-0.1, 0.0)]
 _PENTAGON = _regular(5, 0.92)
 _ZIGZAG = [(-0.9, -0.3), (-0.45, 0.3), (0.0, -0.3), (0.45, 0.3), (0.9, -0.3)]
-_LIGHTNING = [(0.15, 1.0), (-0.55, -0.05), (-0.05, -0.05), (-0.3, -1.0), (0.55, 0.15),
-              (0.05, 0.15), (0.45, 1.0)]
+_LIGHTNING = [(0.15, 1.0), (-0.55, -0.05), (-0.05, -0.05), (-0.3, -1.0), (0.55, 0.15), (0.05, 0.15), (0.45, 1.0)]
 
 
 def _polyline(px: np.ndarray, py: np.ndarray, points: _Vec, half_width: float) -> np.ndarray:
@@ -192,19 +207,17 @@ def _hsv(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     i = np.floor(h6).astype(np.int64) % 6
     f = h6 - np.floor(h6)
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    table = np.stack([np.stack(c, -1) for c in
-                      [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]])
+    table = np.stack([np.stack(c, -1) for c in [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]])
     rgb = table[i, np.arange(len(h))]
     return rgb.astype(_F)[:, None, None, :]
 
 
-def _smooth_noise(rng: np.random.Generator, n: int, size: int, grid: int,
-                  channels: int) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, n: int, size: int, grid: int, channels: int) -> np.ndarray:
     """Low-frequency noise ``(n, size, size, channels)``: a coarse Gaussian grid, bilinearly upsampled."""
     coarse = rng.standard_normal((n, grid, grid, channels)).astype(_F)
     pos = (np.arange(size, dtype=_F) + _F(0.5)) * _F((grid - 1) / size)
     i0 = np.minimum(np.floor(pos).astype(np.int64), grid - 2)
-    w = (pos - i0.astype(_F))
+    w = pos - i0.astype(_F)
     rows = coarse[:, i0] * (1 - w)[None, :, None, None] + coarse[:, i0 + 1] * w[None, :, None, None]
     return rows[:, :, i0] * (1 - w)[None, None, :, None] + rows[:, :, i0 + 1] * w[None, None, :, None]
 
@@ -222,8 +235,9 @@ def _col(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=_F)[:, None, None]
 
 
-def _photo(rng: np.random.Generator, d: np.ndarray, gx: np.ndarray, gy: np.ndarray,
-           lx: np.ndarray, ly: np.ndarray, k: float) -> np.ndarray:
+def _photo(
+    rng: np.random.Generator, d: np.ndarray, gx: np.ndarray, gy: np.ndarray, lx: np.ndarray, ly: np.ndarray, k: float
+) -> np.ndarray:
     """Source style: shaded, filled shape (darker rim, varied contrast) on a soft two-colour
     gradient with mild sensor noise."""
     n, size = d.shape[0], d.shape[1]
@@ -247,8 +261,9 @@ def _photo(rng: np.random.Generator, d: np.ndarray, gx: np.ndarray, gy: np.ndarr
     return img + _F(0.02) * rng.standard_normal((n, size, size, 1)).astype(_F)
 
 
-def _sketch(rng: np.random.Generator, d: np.ndarray, gx: np.ndarray, gy: np.ndarray,
-            lx: np.ndarray, ly: np.ndarray, k: float) -> np.ndarray:
+def _sketch(
+    rng: np.random.Generator, d: np.ndarray, gx: np.ndarray, gy: np.ndarray, lx: np.ndarray, ly: np.ndarray, k: float
+) -> np.ndarray:
     """Shaky pen outline on grainy paper, a quarter hatched and half pencil-shaded inside: no colour."""
     n, size = d.shape[0], d.shape[1]
     paper = _hsv(rng.uniform(0.05, 0.15, n), rng.uniform(0.0, 0.12, n), rng.uniform(0.85, 1.0, n))
@@ -271,8 +286,9 @@ def _sketch(rng: np.random.Generator, d: np.ndarray, gx: np.ndarray, gy: np.ndar
     return img + _F(0.035) * rng.standard_normal((n, size, size, 1)).astype(_F)
 
 
-def _painting(rng: np.random.Generator, d: np.ndarray, gx: np.ndarray, gy: np.ndarray,
-              lx: np.ndarray, ly: np.ndarray, k: float) -> np.ndarray:
+def _painting(
+    rng: np.random.Generator, d: np.ndarray, gx: np.ndarray, gy: np.ndarray, lx: np.ndarray, ly: np.ndarray, k: float
+) -> np.ndarray:
     """Textured fill with ragged edges over a blotchy, colourful canvas (contrast kept), softened."""
     n, size = d.shape[0], d.shape[1]
     vbase = rng.uniform(0.3, 0.9, n)
@@ -288,8 +304,9 @@ def _painting(rng: np.random.Generator, d: np.ndarray, gx: np.ndarray, gy: np.nd
     return img + _F(0.03) * rng.standard_normal((n, size, size, 1)).astype(_F)
 
 
-def _clipart(rng: np.random.Generator, d: np.ndarray, gx: np.ndarray, gy: np.ndarray,
-             lx: np.ndarray, ly: np.ndarray, k: float) -> np.ndarray:
+def _clipart(
+    rng: np.random.Generator, d: np.ndarray, gx: np.ndarray, gy: np.ndarray, lx: np.ndarray, ly: np.ndarray, k: float
+) -> np.ndarray:
     """Flat vivid fill, mostly with a black outline, on a plain white or pastel background."""
     n = d.shape[0]
     white = rng.random(n) < 0.5
@@ -357,8 +374,9 @@ SHIFTS = {"none": None, "dusk": _dusk, "aged": _aged, "cast": _cast, "clutter": 
 """Whole-domain shifts applied after rendering (``none`` for pre-training images)."""
 
 
-def render_style(style: str, n_per_class: int, seed: int, size: int = 64, shift: str = "none",
-                 stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def render_style(
+    style: str, n_per_class: int, seed: int, size: int = 64, shift: str = "none", stream: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Render ``n_per_class`` images of every class in ``CLASSES`` in ``style``, then apply ``shift``.
 
     Returns ``(images, labels)``: uint8 ``(20 * n_per_class, size, size, 3)`` and int64 class
@@ -391,7 +409,7 @@ def render_style(style: str, n_per_class: int, seed: int, size: int = 64, shift:
         img = _STYLES[style](rng, dist, gx, gy, lx, ly, k)
         if SHIFTS[shift] is not None:
             img = SHIFTS[shift](rng, np.clip(img, 0, 1), dist, k)
-        images[c * n:(c + 1) * n] = np.clip(img * _F(255) + _F(0.5), 0, 255).astype(np.uint8)
+        images[c * n : (c + 1) * n] = np.clip(img * _F(255) + _F(0.5), 0, 255).astype(np.uint8)
     labels = np.repeat(np.arange(len(CLASSES), dtype=np.int64), n)
     return images, labels
 

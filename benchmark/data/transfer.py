@@ -7,6 +7,7 @@ across runs (a ``.part`` file left by an interrupted run is resumed). A server t
 to ``target`` only once its length equals the size the server announced (or the spec recorded),
 so a ``target`` that exists is always complete.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -109,8 +110,9 @@ def fetch_url(
     return target
 
 
-def _attempt(url: str, partial: Path, have: int, total: int | None, expected: int | None, timeout: float,
-             bar: tqdm) -> int:
+def _attempt(
+    url: str, partial: Path, have: int, total: int | None, expected: int | None, timeout: float, bar: tqdm
+) -> int:
     """One request from byte ``have`` to the end; returns the file's size. Raises ``OSError`` to retry."""
     headers = {"Range": f"bytes={have}-"} if have else {}
     request = urllib.request.Request(url, headers=headers)
@@ -156,9 +158,18 @@ def file_digests(path: Path, algorithms: Iterable[str] = ("sha256",)) -> dict[st
     """Hex digests of a file (one read for all algorithms), with a progress bar for big files."""
     digests = {name: hashlib.new(name) for name in algorithms}
     size = path.stat().st_size
-    with open(path, "rb") as handle, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
-                                          desc=f"checking {path.name}", disable=size < HASH_PROGRESS_MIN,
-                                          leave=False) as bar:
+    with (
+        open(path, "rb") as handle,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"checking {path.name}",
+            disable=size < HASH_PROGRESS_MIN,
+            leave=False,
+        ) as bar,
+    ):
         for block in iter(lambda: handle.read(CHUNK), b""):
             for digest in digests.values():
                 digest.update(block)

@@ -5,6 +5,7 @@ count; the files that are missing (named in a split list, or recorded in the ins
 that ``prepare``/``download`` wrote, but absent), changed (size differs from install time) or
 unreadable (empty, not an image, or, with ``decode``, damaged pixel data). Nothing is modified.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,12 +70,15 @@ class VerifyReport:
         for p in self.parts:
             where = f"{self.dataset}/{p.domain} {p.part}"
             status = "ok" if p.ok else ("count" if not p.count_ok else "problems")
-            out.append(f"[{status}] {where}: {p.found} images (expected {p.expected if p.expected is not None else '?'})")
+            out.append(
+                f"[{status}] {where}: {p.found} images (expected {p.expected if p.expected is not None else '?'})"
+            )
             for kind, paths in (("missing", p.missing), ("changed since install", p.changed)):
                 if paths:
                     out.append(f"  {len(paths)} file(s) {kind}:")
-                    out += [f"    {x}" for x in paths[:SHOWN]] + ([f"    ... and {len(paths) - SHOWN} more"]
-                                                                 if len(paths) > SHOWN else [])
+                    out += [f"    {x}" for x in paths[:SHOWN]] + (
+                        [f"    ... and {len(paths) - SHOWN} more"] if len(paths) > SHOWN else []
+                    )
             if p.unreadable:
                 out.append(f"  {len(p.unreadable)} unreadable file(s):")
                 out += [f"    {x}: {why}" for x, why in p.unreadable[:SHOWN]]
@@ -98,9 +102,10 @@ def _relative(path: Path, base: Path) -> str:
 def _probe_all(paths: list[Path], decode: bool, threads: int | None, desc: str) -> list[str | None]:
     """``probe_image`` of every path, in threads, with a progress bar."""
     workers = threads or default_threads()
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
-        total=len(paths), desc=desc, unit="img", disable=len(paths) < PROGRESS_MIN, leave=False
-    ) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(total=len(paths), desc=desc, unit="img", disable=len(paths) < PROGRESS_MIN, leave=False) as bar,
+    ):
         results = []
         for result in pool.map(lambda p: probe_image(p, decode), paths, chunksize=64):
             results.append(result)
@@ -150,8 +155,9 @@ def verify(
     return report
 
 
-def _compare_manifest(result: PartReport, recorded: dict[str, int], folder: Path, root: Path, base: Path,
-                      spec: DatasetSpec) -> None:
+def _compare_manifest(
+    result: PartReport, recorded: dict[str, int], folder: Path, root: Path, base: Path, spec: DatasetSpec
+) -> None:
     """Add the image files the install manifest records below ``folder`` that are absent or resized."""
     prefix = _relative(folder, root) + "/"
     extensions = tuple(spec.layout.extensions)

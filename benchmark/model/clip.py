@@ -4,6 +4,7 @@ It owns the prompts (fixed templates whose text features are computed once and c
 learnable CoOp-style context), the image normalisation, and access to the parts of the image
 encoder that methods adapt: its normalisation layers and, for ViTs, its patch tokens.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,7 +18,6 @@ import torch.nn.functional as F
 
 from benchmark.core.paths import DATASETS_DIR, EMBEDDED_DIR, EMBEDDED_MODEL, EMBEDDED_TAG
 from benchmark.model.precision import weights_dtype
-
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 ENSEMBLE_TEMPLATES = (
@@ -84,8 +84,7 @@ def resolve_pretrained(model: str, pretrained: str | None) -> str | None:
         path = EMBEDDED_DIR / f"{model}.pt"
         if not path.is_file():
             raise ModelError(
-                f"--pretrained embedded is only defined for the shipped model {EMBEDDED_MODEL!r}; "
-                f"no file {path}"
+                f"--pretrained embedded is only defined for the shipped model {EMBEDDED_MODEL!r}; no file {path}"
             )
         return str(path)
     if Path(pretrained).expanduser().exists():
@@ -324,8 +323,9 @@ class ClipClassifier(nn.Module):
         ``mask_token`` before the position embeddings are added (as in BEiT/MUST).
         """
         if not self.is_vit:
-            raise ModelError("patch tokens need a ViT image encoder (e.g. ViT-B-16); this model is "
-                             f"{type(self.visual).__name__}")
+            raise ModelError(
+                f"patch tokens need a ViT image encoder (e.g. ViT-B-16); this model is {type(self.visual).__name__}"
+            )
         v = self.visual
         x = v.conv1(self.normalize(images).to(self.input_dtype))
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)

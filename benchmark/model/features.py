@@ -10,6 +10,7 @@ of the uint8 image tensor (which already carries the resolution and resize trans
 Features are always computed the same way, cached or not (float32, no autocast, fixed batches
 in data set order), so a cache hit returns exactly what a miss would have computed.
 """
+
 from __future__ import annotations
 
 import functools
@@ -60,14 +61,22 @@ class FeatureCache:
         self.misses = 0
 
     @classmethod
-    def for_run(cls, out: Path, model: str, pretrained: str | None) -> "FeatureCache":
+    def for_run(cls, out: Path, model: str, pretrained: str | None) -> FeatureCache:
         """The cache of a sweep: ``$CLIPBENCH_FEATURES`` when set, else ``<out>/features``."""
         return cls(os.environ.get(ENV) or Path(out) / "features", model, pretrained)
 
     def key(self, mean: torch.Tensor, std: torch.Tensor, images: torch.Tensor, device: str) -> str:
         """Digest of everything that determines the features of ``images``."""
-        parts = [str(FORMAT), self.model, self.weights, device, torch.__version__,
-                 repr(mean.flatten().tolist()), repr(std.flatten().tolist()), tensor_digest(images)]
+        parts = [
+            str(FORMAT),
+            self.model,
+            self.weights,
+            device,
+            torch.__version__,
+            repr(mean.flatten().tolist()),
+            repr(std.flatten().tolist()),
+            tensor_digest(images),
+        ]
         return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:24]
 
     def load(self, key: str) -> torch.Tensor | None:

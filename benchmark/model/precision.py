@@ -17,6 +17,7 @@ Choices:
 Only ``fp32`` runs on a CPU; asking for ``bf16`` or ``fp16`` there is an error that names the
 option. The effective precision is recorded in every run.
 """
+
 from __future__ import annotations
 
 import contextlib

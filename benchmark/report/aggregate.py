@@ -6,6 +6,7 @@ Within a group every method is expected on every domain and seed that occurs in 
 run that failed or is missing is shown as such, never dropped. The Markdown, LaTeX and CSV
 tables, the leaderboard CSV and the plots all read the cells computed here.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,15 @@ from benchmark.core.hparams import format_departures
 from benchmark.core.metrics import METRIC_NAMES
 from benchmark.core.records import PREDS
 from benchmark.report import stats
-from benchmark.report.frame import (DEFAULT_METRICS, SUMMARY_METRICS, TABLE_KEY, _axes, _seed_domain_table,
-                                    higher_is_better, split_metric)
+from benchmark.report.frame import (
+    DEFAULT_METRICS,
+    SUMMARY_METRICS,
+    TABLE_KEY,
+    _axes,
+    _seed_domain_table,
+    higher_is_better,
+    split_metric,
+)
 from benchmark.report.tables import MARK_BETTER, MARK_WORSE, Cell, mark_best
 
 DEFAULT_BASELINE = "zero_shot"
@@ -110,9 +118,11 @@ class Group:
         text = "Regimes: " + "; ".join(f"{r}: {', '.join(ms)}" for r, ms in sorted(by_regime.items())) + "."
         adaptive = {r for r in by_regime if r != "none"}
         if len(adaptive) > 1:
-            text += (" This table ranks methods of different regimes together (transductive: adapted on the "
-                     "unlabeled adapt set, then tested; online: predictions along one pass over the test stream; "
-                     "episodic: each test image adapted on alone).")
+            text += (
+                " This table ranks methods of different regimes together (transductive: adapted on the "
+                "unlabeled adapt set, then tested; online: predictions along one pass over the test stream; "
+                "episodic: each test image adapted on alone)."
+            )
         return text
 
 
@@ -206,17 +216,31 @@ def difference_frame(g: Group, metric: str) -> pd.DataFrame:
         d = paired_differences(g, method, metric)
         lo, hi = stats.paired_t_interval(d.to_numpy(), DIFFERENCE_LEVEL)
         t = tests.get(method)
-        rows.append({"method": method, "regime": method_regime(g, method), "n": len(d),
-                     "mean": float(d.mean()) if len(d) else math.nan, "ci_lo": lo, "ci_hi": hi,
-                     "p_wilcoxon": t.result.p_wilcoxon if t else math.nan,
-                     "p_holm": t.holm_wilcoxon if t else math.nan, "mark": t.mark if t else ""})
+        rows.append(
+            {
+                "method": method,
+                "regime": method_regime(g, method),
+                "n": len(d),
+                "mean": float(d.mean()) if len(d) else math.nan,
+                "ci_lo": lo,
+                "ci_hi": hi,
+                "p_wilcoxon": t.result.p_wilcoxon if t else math.nan,
+                "p_holm": t.holm_wilcoxon if t else math.nan,
+                "mark": t.mark if t else "",
+            }
+        )
     frame = pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)
     if frame.empty:
         return frame
     gain = frame["mean"] if higher_is_better(metric) else -frame["mean"]
-    order = sorted(range(len(frame)), key=lambda i: (not math.isfinite(gain.iloc[i]),
-                                                     -gain.iloc[i] if math.isfinite(gain.iloc[i]) else 0.0,
-                                                     frame.method.iloc[i]))
+    order = sorted(
+        range(len(frame)),
+        key=lambda i: (
+            not math.isfinite(gain.iloc[i]),
+            -gain.iloc[i] if math.isfinite(gain.iloc[i]) else 0.0,
+            frame.method.iloc[i],
+        ),
+    )
     return frame.iloc[order].reset_index(drop=True)
 
 
@@ -232,7 +256,8 @@ def difference_grid(g: Group, metric: str) -> pd.DataFrame:
         d = paired_differences(g, method, metric)
         by_domain = d.groupby(level="domain").mean() if len(d) else pd.Series(dtype=np.float64)
         rows[method] = [float(by_domain.get(dom, math.nan)) for dom in g.domains] + [
-            float(d.mean()) if len(d) else math.nan]
+            float(d.mean()) if len(d) else math.nan
+        ]
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns) if rows else pd.DataFrame(columns=columns)
 
 
@@ -269,11 +294,16 @@ def _bootstrap(g: Group, metrics: list[str], n_boot: int) -> None:
             for d in g.domains:
                 runs = mg[mg.domain == d].drop_duplicates("seed").sort_values("seed")
                 arrays = [_load_preds(r.dir, part, r.score) for r in runs.itertuples()]
-                pairs = [(s, a, k) for s, a, k in zip(runs.seed, arrays, runs.num_known)
-                         if a is not None and pd.notna(k) and k > 0]
+                pairs = [
+                    (s, a, k)
+                    for s, a, k in zip(runs.seed, arrays, runs.num_known)
+                    if a is not None and pd.notna(k) and k > 0
+                ]
                 if not pairs:
                     continue
-                rng = np.random.default_rng([BOOTSTRAP_SEED, zlib.crc32(f"{g.stream_key}|{method}|{d}|{part}".encode())])
+                rng = np.random.default_rng(
+                    [BOOTSTRAP_SEED, zlib.crc32(f"{g.stream_key}|{method}|{d}|{part}".encode())]
+                )
                 shared = all(np.array_equal(a["label"], pairs[0][1]["label"]) for _, a, _ in pairs)
                 idx = stats.bootstrap_indices(len(pairs[0][1]["label"]), n_boot, rng) if shared else None
                 for s, a, k in pairs:
@@ -303,8 +333,14 @@ def _load_preds(run_dir: str | None, part: str, score: str | None) -> dict[str, 
         return None
 
 
-def analyse(df: pd.DataFrame, metrics: tuple[str, ...] = DEFAULT_METRICS, baseline: str = DEFAULT_BASELINE,
-            alpha: float = DEFAULT_ALPHA, bootstrap: int = 0, selection: Any = None) -> list[Group]:
+def analyse(
+    df: pd.DataFrame,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    baseline: str = DEFAULT_BASELINE,
+    alpha: float = DEFAULT_ALPHA,
+    bootstrap: int = 0,
+    selection: Any = None,
+) -> list[Group]:
     """Cells, paired tests, ranks (and bootstrap intervals when ``bootstrap > 0``) of every group."""
     stat_metrics = list(dict.fromkeys([*metrics, *SUMMARY_METRICS]))
     groups = []
@@ -340,16 +376,35 @@ def leaderboard(groups: list[Group]) -> pd.DataFrame:
             first = mg.iloc[0]
             present = set(zip(mg.domain, mg.seed))
             row = dict(zip(TABLE_KEY, g.key))
-            row.update(method=first["name"], departures=format_departures(first["departures"]), label=method,
-                       regime=first["regime"], score=first["score"],
-                       selection=g.selection.rule if g.selection is not None else "fixed",
-                       n_seeds=g.grids[METRIC_NAMES[0]][method][AVG].n_done, n_domains=len(g.domains),
-                       n_runs=len(mg), n_failed=int((mg.status != "done").sum()),
-                       n_missing=sum((d, s) not in present for d in g.domains for s in g.seeds))
+            row.update(
+                method=first["name"],
+                departures=format_departures(first["departures"]),
+                label=method,
+                regime=first["regime"],
+                score=first["score"],
+                selection=g.selection.rule if g.selection is not None else "fixed",
+                n_seeds=g.grids[METRIC_NAMES[0]][method][AVG].n_done,
+                n_domains=len(g.domains),
+                n_runs=len(mg),
+                n_failed=int((mg.status != "done").sum()),
+                n_missing=sum((d, s) not in present for d in g.domains for s in g.seeds),
+            )
             for m in METRIC_NAMES:
                 cell = g.grids[m][method][AVG]
                 row[f"{m}_mean"], row[f"{m}_std"] = cell.mean, cell.std
             rows.append(row)
-    cols = [*TABLE_KEY, "method", "departures", "label", "regime", "score", "selection", "n_seeds", "n_domains",
-            "n_runs", "n_failed", "n_missing"]
+    cols = [
+        *TABLE_KEY,
+        "method",
+        "departures",
+        "label",
+        "regime",
+        "score",
+        "selection",
+        "n_seeds",
+        "n_domains",
+        "n_runs",
+        "n_failed",
+        "n_missing",
+    ]
     return pd.DataFrame(rows, columns=cols + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")])

@@ -16,6 +16,7 @@ headline score (its protocol's, ``msp_cos`` for ``ueo``) unless ``score`` names 
 caption names it. Records that are not valid (another schema or protocol version, hollow,
 predictions missing or not matching their checksum) are left out and listed in ``problems``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -80,8 +81,9 @@ def write_tables(groups: list[Group], out: Path, metrics: tuple[str, ...], alpha
     return paths
 
 
-def write_plots(groups: list[Group], out: Path, metrics: tuple[str, ...],
-                alpha: float = DEFAULT_ALPHA) -> dict[str, list[Path]]:
+def write_plots(
+    groups: list[Group], out: Path, metrics: tuple[str, ...], alpha: float = DEFAULT_ALPHA
+) -> dict[str, list[Path]]:
     """Per group: the difference to the baseline of each metric in ``metrics`` (the headline) and its
     methods x domains heatmap, the scores, a critical-difference diagram, the accuracy/AUROC
     trade-off and the training curves.
@@ -102,21 +104,35 @@ def write_plots(groups: list[Group], out: Path, metrics: tuple[str, ...],
             for m in metrics:
                 frame = difference_frame(g, m)
                 if (frame.n > 0).any():
-                    files += plots.save(plots.difference_figure(frame, m, g.baseline, f"{g.title}: {m} − {g.baseline}",
-                                                                alpha), pdir / f"diff_{g.slug}_{m}")
+                    files += plots.save(
+                        plots.difference_figure(frame, m, g.baseline, f"{g.title}: {m} − {g.baseline}", alpha),
+                        pdir / f"diff_{g.slug}_{m}",
+                    )
             grids = {m: difference_grid(g, m) for m in metrics}
             if any(len(grid) for grid in grids.values()):
-                files += plots.save(plots.heatmap_figure(grids, g.baseline, f"{g.title}: difference to {g.baseline} "
-                                                                            f"per domain"), pdir / f"heatmap_{g.slug}")
-        files += plots.save(plots.bars_figure({m: g.grids[m] for m in metrics}, g.columns, g.title, regimes),
-                            pdir / f"bars_{g.slug}")
+                files += plots.save(
+                    plots.heatmap_figure(grids, g.baseline, f"{g.title}: difference to {g.baseline} per domain"),
+                    pdir / f"heatmap_{g.slug}",
+                )
+        files += plots.save(
+            plots.bars_figure({m: g.grids[m] for m in metrics}, g.columns, g.title, regimes), pdir / f"bars_{g.slug}"
+        )
         r = g.ranks.get(primary)
         if r is not None:
-            files += plots.save(plots.cd_figure(r.methods, r.result.avg_ranks, r.result.cd, r.cliques,
-                                                f"{g.title}: average rank of {primary} (N = {r.result.n_blocks} "
-                                                f"blocks)"), pdir / f"cd_{g.slug}_{primary}")
-        files += plots.save(plots.tradeoff_figure(g.grids["acc_pc"], g.grids["auroc"], g.columns, g.baseline,
-                                                  g.title), pdir / f"tradeoff_{g.slug}")
+            files += plots.save(
+                plots.cd_figure(
+                    r.methods,
+                    r.result.avg_ranks,
+                    r.result.cd,
+                    r.cliques,
+                    f"{g.title}: average rank of {primary} (N = {r.result.n_blocks} blocks)",
+                ),
+                pdir / f"cd_{g.slug}_{primary}",
+            )
+        files += plots.save(
+            plots.tradeoff_figure(g.grids["acc_pc"], g.grids["auroc"], g.columns, g.baseline, g.title),
+            pdir / f"tradeoff_{g.slug}",
+        )
         done = g.frame[g.frame.status == "done"]
         histories = {m: [h for h in done[done.method == m].history if h] for m in g.methods}
         histories = {m: h for m, h in histories.items() if h}
@@ -134,10 +150,18 @@ def remove_stale(folder: Path, suffixes: tuple[str, ...], written: dict[str, lis
             old.unlink(missing_ok=True)
 
 
-def write_report(out: Path, metrics: tuple[str, ...] | list[str] = DEFAULT_METRICS,
-                 baseline: str = DEFAULT_BASELINE, alpha: float = DEFAULT_ALPHA, bootstrap: int = 0,
-                 plots: bool = True, reported: list[Path] | None = None, score: str | None = None,
-                 selection: str = "fixed", selection_metric: str = "hm_accpc_auroc") -> Report:
+def write_report(
+    out: Path,
+    metrics: tuple[str, ...] | list[str] = DEFAULT_METRICS,
+    baseline: str = DEFAULT_BASELINE,
+    alpha: float = DEFAULT_ALPHA,
+    bootstrap: int = 0,
+    plots: bool = True,
+    reported: list[Path] | None = None,
+    score: str | None = None,
+    selection: str = "fixed",
+    selection_metric: str = "hm_accpc_auroc",
+) -> Report:
     """Rebuild the leaderboard, tables, plots and report page under ``out`` from its records.
 
     ``metrics``: per-domain tables, ranks and plots (any of :data:`ALL_METRICS`); ``baseline``: the
@@ -161,8 +185,9 @@ def write_report(out: Path, metrics: tuple[str, ...] | list[str] = DEFAULT_METRI
         if score is not None:
             available = sorted({n for _, r in stored for n in r.get("scores") or {}})
             if score not in available:
-                raise ValueError(f"no record has the OOD score {score!r}; recorded scores: "
-                                 f"{', '.join(available) or 'none'}")
+                raise ValueError(
+                    f"no record has the OOD score {score!r}; recorded scores: {', '.join(available) or 'none'}"
+                )
         kept, chosen = select(stored, selection, selection_metric, score)
         if not kept:
             raise FileNotFoundError(f"no run records of a target domain under {out / 'runs'}")
@@ -172,8 +197,10 @@ def write_report(out: Path, metrics: tuple[str, ...] | list[str] = DEFAULT_METRI
         groups = analyse(df, metrics, baseline, alpha, bootstrap, chosen)
         board = leaderboard(groups)
         atomic_write(out / "leaderboard.csv", csv_text(board))
-        atomic_write(out / "leaderboard.md", leaderboard_markdown(groups, df, metrics, baseline, alpha, bootstrap,
-                                                                  published, problems))
+        atomic_write(
+            out / "leaderboard.md",
+            leaderboard_markdown(groups, df, metrics, baseline, alpha, bootstrap, published, problems),
+        )
         tables = write_tables(groups, out, metrics, alpha)
         figures = write_plots(groups, out, metrics, alpha) if plots else {}
         # report.md last, stale files after it: an interrupted rebuild never leaves a link to a removed file

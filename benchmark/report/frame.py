@@ -4,6 +4,7 @@ Reads records only (``benchmark.core.records.scan_records``): a record states it
 departures, regime, device and scores, so nothing here consults the code of today's methods or
 data sets, and the report is a function of the records alone.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,16 +25,35 @@ ALL_METRICS = tuple(PREFIX[p] + m for p in PARTS for m in METRIC_NAMES)
 """Every metric a record holds: test-set names, ``adapt_*`` (transductive) and ``online_*``."""
 TABLE_KEY = ["protocol", "dataset", "setting", "model", "pretrained", "device"]
 """What a table never mixes: protocol x data set x setting x backbone (model, weights) x device kind."""
-COLUMNS = ["protocol", "dataset", "setting", "domain", "seed", "method", "name", "departures", "model", "pretrained",
-           "device", "precision", "status", "error", "dir", "num_known", "history", "regime", "score",
-           "score_description"]
+COLUMNS = [
+    "protocol",
+    "dataset",
+    "setting",
+    "domain",
+    "seed",
+    "method",
+    "name",
+    "departures",
+    "model",
+    "pretrained",
+    "device",
+    "precision",
+    "status",
+    "error",
+    "dir",
+    "num_known",
+    "history",
+    "regime",
+    "score",
+    "score_description",
+]
 
 
 def split_metric(metric: str) -> tuple[str, str]:
     """``(result part, base metric)``: ``adapt_auroc`` -> ``("adapt", "auroc")``, ``auroc`` -> ``("test", "auroc")``."""
     for part, prefix in PREFIX.items():
         if prefix and metric.startswith(prefix):
-            return part, metric[len(prefix):]
+            return part, metric[len(prefix) :]
     return "test", metric
 
 
@@ -55,8 +75,9 @@ def record_metrics(rec: dict[str, Any], part: str, score: str | None = None) -> 
     return out
 
 
-def records_frame(records: list[tuple[Path, dict[str, Any]]], score: str | None = None,
-                  labels: dict[str, str] | None = None) -> pd.DataFrame:
+def records_frame(
+    records: list[tuple[Path, dict[str, Any]]], score: str | None = None, labels: dict[str, str] | None = None
+) -> pd.DataFrame:
     """One row per record: the spec axes, row label and method name, status, data facts, regime,
     score and every metric. ``score`` None takes each record's headline score; ``labels`` replaces
     the label of the records in those folders (a selection whose picks differ between domains)."""

@@ -8,6 +8,7 @@ area (constrained layout, ``outside`` locations), and titles wrap inside the can
 from ``benchmark.report.aggregate`` (e.g. :func:`~benchmark.report.aggregate.difference_frame`);
 nothing here computes a statistic. Files are reproducible: no creation date is embedded.
 """
+
 from __future__ import annotations
 
 import functools
@@ -50,12 +51,26 @@ LABEL_WIDTH = 2.6
 """Width (inches) at which a method's label wraps."""
 PAD = 0.12
 """Margin (inches) added around measured text."""
-RC = {"font.size": FONT, "axes.titlesize": FONT, "axes.labelsize": FONT, "xtick.labelsize": SMALL,
-      "ytick.labelsize": SMALL, "legend.fontsize": SMALL, "figure.titlesize": TITLE, "text.parse_math": False,
-      "axes.titlelocation": "center", "legend.handlelength": 1.6}
+RC = {
+    "font.size": FONT,
+    "axes.titlesize": FONT,
+    "axes.labelsize": FONT,
+    "xtick.labelsize": SMALL,
+    "ytick.labelsize": SMALL,
+    "legend.fontsize": SMALL,
+    "figure.titlesize": TITLE,
+    "text.parse_math": False,
+    "axes.titlelocation": "center",
+    "legend.handlelength": 1.6,
+}
 
-REGIME_STYLE = {"none": ("o", "#555555"), "transductive": ("s", "#0072B2"), "online": ("^", "#D55E00"),
-                "episodic": ("D", "#009E73"), "?": ("X", "#CC79A7")}
+REGIME_STYLE = {
+    "none": ("o", "#555555"),
+    "transductive": ("s", "#0072B2"),
+    "online": ("^", "#D55E00"),
+    "episodic": ("D", "#009E73"),
+    "?": ("X", "#CC79A7"),
+}
 """Marker and colour (Okabe-Ito, colour-blind safe) of each regime."""
 MARKERS = "os^Dv<>pPX*h"
 _T2P = TextToPath()
@@ -63,10 +78,12 @@ _T2P = TextToPath()
 
 def _styled(build: Callable[..., Figure]) -> Callable[..., Figure]:
     """Build a figure under :data:`RC` (text is never parsed as math: labels may hold ``$`` or ``_``)."""
+
     @functools.wraps(build)
     def wrapper(*args: Any, **kwargs: Any) -> Figure:
         with plt.rc_context(RC):
             return build(*args, **kwargs)
+
     return wrapper
 
 
@@ -105,7 +122,7 @@ def wrap(text: str, width: float, size: float = FONT) -> str:
         line = ""
         for word in re.findall(r"\S+\s*", para):
             pieces = _pieces(word.rstrip(), width, size)
-            pieces[-1] += word[len(word.rstrip()):]
+            pieces[-1] += word[len(word.rstrip()) :]
             for piece in pieces:
                 if line and text_width((line + piece).rstrip(), size) > width:
                     lines.append(line.rstrip())
@@ -235,22 +252,42 @@ def difference_figure(frame: pd.DataFrame, metric: str, baseline: str, title: st
     texts = [_difference_text(r) for r in frame.itertuples()]
     row = _row_height(labels)
     plot_w = 3.2
-    width = (max((text_width(lab) for lab in labels), default=1.0) + plot_w
-             + max([text_width(t, SMALL) for t in texts] + [text_width(header_text(), SMALL)]) + 4 * PAD + 0.3)
+    width = (
+        max((text_width(lab) for lab in labels), default=1.0)
+        + plot_w
+        + max([text_width(t, SMALL) for t in texts] + [text_width(header_text(), SMALL)])
+        + 4 * PAD
+        + 0.3
+    )
     regimes = list(dict.fromkeys(frame.regime))
-    handles = [Line2D([], [], ls="none", marker=regime_style(r)[0], color=regime_style(r)[1], mfc=regime_style(r)[1],
-                      ms=6) for r in regimes]
+    handles = [
+        Line2D([], [], ls="none", marker=regime_style(r)[0], color=regime_style(r)[1], mfc=regime_style(r)[1], ms=6)
+        for r in regimes
+    ]
     legend_labels = [f"{r}" for r in regimes]
-    handles += [Line2D([], [], ls="none", marker="o", color="0.3", mfc="0.3", ms=6),
-                Line2D([], [], ls="none", marker="o", color="0.3", mfc="white", ms=6)]
+    handles += [
+        Line2D([], [], ls="none", marker="o", color="0.3", mfc="0.3", ms=6),
+        Line2D([], [], ls="none", marker="o", color="0.3", mfc="white", ms=6),
+    ]
     legend_labels += [f"filled: Holm-adjusted Wilcoxon p < {alpha:g}", "hollow: not significant"]
     ncols, legend_h = _legend_layout(legend_labels, width)
     direction = "higher" if higher_is_better(metric) else "lower"
-    xlabel = wrap(f"{metric}: method − {baseline} (points; {direction} is better), mean over (domain, seed) pairs "
-                  f"with its 95% paired t interval", plot_w + 1.5, FONT)
+    xlabel = wrap(
+        f"{metric}: method − {baseline} (points; {direction} is better), mean over (domain, seed) pairs "
+        f"with its 95% paired t interval",
+        plot_w + 1.5,
+        FONT,
+    )
     header = header_text()
-    height = (_title_height(title, width) + text_height(header, SMALL) + len(frame) * row + text_height(xlabel) + 0.35
-              + legend_h + 2 * PAD)
+    height = (
+        _title_height(title, width)
+        + text_height(header, SMALL)
+        + len(frame) * row
+        + text_height(xlabel)
+        + 0.35
+        + legend_h
+        + 2 * PAD
+    )
     fig = _figure(width, height)
     _title(fig, title, width)
     ax = fig.add_subplot()
@@ -260,12 +297,31 @@ def difference_figure(frame: pd.DataFrame, metric: str, baseline: str, title: st
     for yi, r in zip(y, frame.itertuples()):
         marker, colour = regime_style(r.regime)
         if math.isfinite(r.ci_lo) and math.isfinite(r.ci_hi):
-            ax.plot([r.ci_lo, r.ci_hi], [yi, yi], color=colour, lw=1.6, marker="|", ms=7, solid_capstyle="butt",
-                    gid=f"ci {r.method}", zorder=2)
+            ax.plot(
+                [r.ci_lo, r.ci_hi],
+                [yi, yi],
+                color=colour,
+                lw=1.6,
+                marker="|",
+                ms=7,
+                solid_capstyle="butt",
+                gid=f"ci {r.method}",
+                zorder=2,
+            )
             values += [r.ci_lo, r.ci_hi]
         if math.isfinite(r.mean):
-            ax.plot([r.mean], [yi], ls="none", marker=marker, ms=6.5, color=colour, mew=1.3,
-                    mfc=colour if r.mark else "white", gid=f"mean {r.method}", zorder=3)
+            ax.plot(
+                [r.mean],
+                [yi],
+                ls="none",
+                marker=marker,
+                ms=6.5,
+                color=colour,
+                mew=1.3,
+                mfc=colour if r.mark else "white",
+                gid=f"mean {r.method}",
+                zorder=3,
+            )
             values.append(r.mean)
     lo, hi = min(values), max(values)
     span = (hi - lo) or 1.0
@@ -276,8 +332,17 @@ def difference_figure(frame: pd.DataFrame, metric: str, baseline: str, title: st
     right.set_yticks(y, texts, fontsize=SMALL)
     right.tick_params(length=0)
     pad = plt.rcParams["ytick.major.pad"]
-    ax.annotate(header, xy=(1, 1), xycoords="axes fraction", xytext=(pad, 3), textcoords="offset points",
-                ha="left", va="bottom", fontsize=SMALL, color="0.3")
+    ax.annotate(
+        header,
+        xy=(1, 1),
+        xycoords="axes fraction",
+        xytext=(pad, 3),
+        textcoords="offset points",
+        ha="left",
+        va="bottom",
+        fontsize=SMALL,
+        color="0.3",
+    )
     ax.tick_params(axis="y", length=0)
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlabel(xlabel)
@@ -296,8 +361,9 @@ def heatmap_figure(grids: dict[str, pd.DataFrame], baseline: str, title: str) ->
     labels = [wrap_label(m) for m in methods]
     cell_texts = {m: [[fmt_num(v, 1, sign=True) for v in row] for row in g.to_numpy()] for m, g in grids.items()}
     widest = max((text_width(t, SMALL) for rows in cell_texts.values() for row in rows for t in row), default=0.3)
-    cell_w = max(0.5, widest + 0.14, *(text_width(piece, SMALL) + 0.1 for c in columns
-                                       for piece in re.findall(r"[^_\s]+_?", c)))
+    cell_w = max(
+        0.5, widest + 0.14, *(text_width(piece, SMALL) + 0.1 for c in columns for piece in re.findall(r"[^_\s]+_?", c))
+    )
     column_labels = [wrap(c, cell_w - 0.08, SMALL) for c in columns]
     col_h = max(text_height(c, SMALL) for c in column_labels) + 0.08
     row = _row_height(labels)
@@ -306,8 +372,15 @@ def heatmap_figure(grids: dict[str, pd.DataFrame], baseline: str, title: str) ->
     bar_labels = {m: wrap(f"{m}: method − {baseline} (points)", panel_w, SMALL) for m in grids}
     width = max(text_width(lab) for lab in labels) + len(grids) * (panel_w + 0.3) + 3 * PAD
     bar_h = 0.5 + max(text_height(b, SMALL) for b in bar_labels.values())
-    height = (_title_height(title, width) + max(text_height(t) for t in panel_titles.values()) + 0.1
-              + len(methods) * row + col_h + bar_h + 2 * PAD)
+    height = (
+        _title_height(title, width)
+        + max(text_height(t) for t in panel_titles.values())
+        + 0.1
+        + len(methods) * row
+        + col_h
+        + bar_h
+        + 2 * PAD
+    )
     fig = _figure(width, height)
     _title(fig, title, width)
     axes = fig.subplots(1, len(grids), sharey=True, squeeze=False)[0]
@@ -316,14 +389,22 @@ def heatmap_figure(grids: dict[str, pd.DataFrame], baseline: str, title: str) ->
         finite = np.abs(values[np.isfinite(values)])
         vmax = max(float(finite.max()) if finite.size else 0.0, 0.5)
         cmap = plt.get_cmap("RdBu" if higher_is_better(metric) else "RdBu_r").with_extremes(bad="0.88")
-        im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=Normalize(-vmax, vmax), aspect="auto",
-                       interpolation="nearest")
+        im = ax.imshow(
+            np.ma.masked_invalid(values), cmap=cmap, norm=Normalize(-vmax, vmax), aspect="auto", interpolation="nearest"
+        )
         for i in range(len(methods)):
             for j in range(len(columns)):
                 v = values[i, j]
                 dark = math.isfinite(v) and abs(v) > 0.6 * vmax
-                ax.text(j, i, cell_texts[metric][i][j], ha="center", va="center", fontsize=SMALL,
-                        color="white" if dark else ("0.35" if not math.isfinite(v) else "black"))
+                ax.text(
+                    j,
+                    i,
+                    cell_texts[metric][i][j],
+                    ha="center",
+                    va="center",
+                    fontsize=SMALL,
+                    color="white" if dark else ("0.35" if not math.isfinite(v) else "black"),
+                )
         if "all" in columns and len(columns) > 1:
             ax.axvline(columns.index("all") - 0.5, color="white", lw=3)
         ax.set_xticks(range(len(columns)), column_labels)
@@ -341,8 +422,9 @@ def heatmap_figure(grids: dict[str, pd.DataFrame], baseline: str, title: str) ->
 
 
 @_styled
-def bars_figure(grids: dict[str, dict[str, dict[str, Cell]]], columns: list[str], title: str,
-                regimes: dict[str, str] | None = None) -> Figure:
+def bars_figure(
+    grids: dict[str, dict[str, dict[str, Cell]]], columns: list[str], title: str, regimes: dict[str, str] | None = None
+) -> Figure:
     """One panel per metric, one row per method: a bar for the average over domains (mean ± std over seeds,
     coloured by regime) and a marker per domain (its mean over seeds). A cell without a finished run
     gets its state (``failed``, ``missing``) written in place of the bar."""
@@ -373,17 +455,34 @@ def bars_figure(grids: dict[str, dict[str, dict[str, Cell]]], columns: list[str]
             colour = regime_style(regimes.get(m, "?"))[1]
             if avg.ok:
                 err = avg.std if math.isfinite(avg.std) else 0.0
-                ax.barh(yi, avg.mean, 0.7, xerr=err, color=colour, alpha=0.6, lw=0,
-                        error_kw={"elinewidth": 0.9, "capsize": 2, "ecolor": "0.1"})
+                ax.barh(
+                    yi,
+                    avg.mean,
+                    0.7,
+                    xerr=err,
+                    color=colour,
+                    alpha=0.6,
+                    lw=0,
+                    error_kw={"elinewidth": 0.9, "capsize": 2, "ecolor": "0.1"},
+                )
                 top = max(top, avg.mean + err)
             else:
-                ax.text(0.02, yi, avg.state, transform=ax.get_yaxis_transform(), ha="left", va="center",
-                        fontsize=SMALL, color="0.3")
+                ax.text(
+                    0.02,
+                    yi,
+                    avg.state,
+                    transform=ax.get_yaxis_transform(),
+                    ha="left",
+                    va="center",
+                    fontsize=SMALL,
+                    color="0.3",
+                )
             for d, off in zip(domains, offsets):
                 c = grid[m].get(d, Cell())
                 if c.ok:
-                    ax.plot([c.mean], [yi + off], ls="none", marker=markers[d], ms=3.5, color="0.15", mfc="none",
-                            mew=0.8)
+                    ax.plot(
+                        [c.mean], [yi + off], ls="none", marker=markers[d], ms=3.5, color="0.15", mfc="none", mew=0.8
+                    )
                     top = max(top, c.mean)
         ax.set_xlim(0, top * 1.02)
         ax.set_ylim(-0.6, len(methods) - 0.4)
@@ -396,8 +495,9 @@ def bars_figure(grids: dict[str, dict[str, dict[str, Cell]]], columns: list[str]
 
 
 @_styled
-def cd_figure(names: list[str], avg_ranks: list[float], cd: float, cliques: list[tuple[int, int]],
-              title: str) -> Figure:
+def cd_figure(
+    names: list[str], avg_ranks: list[float], cd: float, cliques: list[tuple[int, int]], title: str
+) -> Figure:
     """Critical-difference diagram: methods on the average-rank axis (1 = best, left), the better half
     labelled on the left, the other half on the right, a bar of length CD above the axis, and thick
     lines below it joining runs of methods whose ranks differ by less than CD (not significantly
@@ -450,14 +550,18 @@ def cd_figure(names: list[str], avg_ranks: list[float], cd: float, cliques: list
         y = y_rows + ((pos if left else k - 1 - pos) + 0.5) * row
         x_text = x0 - 0.3 if left else x0 + axis_w + 0.3
         ax.plot([x_of(r), x_of(r), x_text], [y_axis, y, y], color="0.35", lw=0.8)
-        ax.text(x_text + (-0.05 if left else 0.05), y, text, ha="right" if left else "left", va="center",
-                fontsize=FONT)
+        ax.text(x_text + (-0.05 if left else 0.05), y, text, ha="right" if left else "left", va="center", fontsize=FONT)
     return fig
 
 
 @_styled
-def tradeoff_figure(acc: dict[str, dict[str, Cell]], auroc: dict[str, dict[str, Cell]], columns: list[str],
-                    baseline: str | None, title: str) -> Figure:
+def tradeoff_figure(
+    acc: dict[str, dict[str, Cell]],
+    auroc: dict[str, dict[str, Cell]],
+    columns: list[str],
+    baseline: str | None,
+    title: str,
+) -> Figure:
     """``acc_pc`` against AUROC, one panel per column (each domain, then ``avg``): a point per method (a
     distinct colour and marker each; error bars: std over seeds), dashed lines through the baseline."""
     methods = list(acc)
@@ -485,9 +589,18 @@ def tradeoff_figure(acc: dict[str, dict[str, Cell]], auroc: dict[str, dict[str, 
             if not (a.ok and u.ok):
                 continue
             colour, marker = styles[m]
-            ax.errorbar(a.mean, u.mean, xerr=a.std if math.isfinite(a.std) else None,
-                        yerr=u.std if math.isfinite(u.std) else None, fmt=marker, color=colour, ms=5,
-                        elinewidth=0.6, capsize=1.2, ecolor=(*colour[:3], 0.55))
+            ax.errorbar(
+                a.mean,
+                u.mean,
+                xerr=a.std if math.isfinite(a.std) else None,
+                yerr=u.std if math.isfinite(u.std) else None,
+                fmt=marker,
+                color=colour,
+                ms=5,
+                elinewidth=0.6,
+                capsize=1.2,
+                ecolor=(*colour[:3], 0.55),
+            )
         ax.set_title("avg over domains" if col == "avg" else col)
         ax.set_xlabel("acc_pc (%)")
         ax.set_ylabel("auroc (%)")
@@ -516,8 +629,13 @@ def _series(runs: list[list[dict[str, float]]], key: str) -> tuple[np.ndarray, n
 
 
 def _keys(runs: list[list[dict[str, float]]]) -> list[str]:
-    keys = {k for h in runs for e in h for k, v in e.items()
-            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    keys = {
+        k
+        for h in runs
+        for e in h
+        for k, v in e.items()
+        if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     return sorted(keys, key=lambda k: (k != "loss", k))
 
 
@@ -535,12 +653,16 @@ def curves_figure(histories: dict[str, list[list[dict[str, float]]]], regimes: d
     ncols = min(4, n)
     nrows = math.ceil(n / ncols)
     panel_w, panel_h = 2.5, 1.7
-    titles = {m: wrap_label(m, panel_w, FONT) + f"\n{regimes.get(m, '?')}, {len(histories[m])} "
-              f"run{'s' if len(histories[m]) != 1 else ''}" for m in methods}
+    titles = {
+        m: wrap_label(m, panel_w, FONT) + f"\n{regimes.get(m, '?')}, {len(histories[m])} "
+        f"run{'s' if len(histories[m]) != 1 else ''}"
+        for m in methods
+    }
     title_h = max(text_height(t) for t in titles.values())
     width = ncols * (panel_w + (1.05 if stats_keys else 0.6)) + 2 * PAD
-    handles = [Line2D([], [], color="k", marker="o", ms=3)] + [Line2D([], [], color=key_colour[k], marker="o", ms=3,
-                                                                      ls="--") for k in stats_keys]
+    handles = [Line2D([], [], color="k", marker="o", ms=3)] + [
+        Line2D([], [], color=key_colour[k], marker="o", ms=3, ls="--") for k in stats_keys
+    ]
     legend_labels = [f"loss ({'left axis; ' if stats_keys else ''}mean ± std over runs)"]
     legend_labels += [f"{k} (statistics axis)" for k in stats_keys]
     lcols, legend_h = _legend_layout(legend_labels, width)
@@ -571,9 +693,17 @@ def curves_figure(histories: dict[str, list[list[dict[str, float]]]], regimes: d
         if not stream:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if single:
-            ax.text(0.03, 0.95, wrap(", ".join(single) + ": 1 point", panel_w - 0.2, SMALL), transform=ax.transAxes,
-                    ha="left", va="top", fontsize=SMALL, color="0.25",
-                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+            ax.text(
+                0.03,
+                0.95,
+                wrap(", ".join(single) + ": 1 point", panel_w - 0.2, SMALL),
+                transform=ax.transAxes,
+                ha="left",
+                va="top",
+                fontsize=SMALL,
+                color="0.25",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+            )
         ax.grid(alpha=0.3)
         ax.set_title(titles[m], fontsize=FONT)
     for ax in axes.ravel()[n:]:

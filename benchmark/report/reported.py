@@ -14,6 +14,7 @@ Only numbers read in their source belong here. A published number is shown next 
 cell only when data set, protocol, setting, backbone (and pretrained tag, when given), method,
 domain and metric all match.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,18 @@ import pandas as pd
 from benchmark.core.metrics import METRIC_NAMES
 from benchmark.core.paths import DATASETS_DIR
 
-REPORTED_COLUMNS = ("method", "dataset", "protocol", "setting", "domain", "backbone", "pretrained", "metric",
-                    "value", "source")
+REPORTED_COLUMNS = (
+    "method",
+    "dataset",
+    "protocol",
+    "setting",
+    "domain",
+    "backbone",
+    "pretrained",
+    "metric",
+    "value",
+    "source",
+)
 
 
 def reported_files(root: Path = DATASETS_DIR) -> list[Path]:
@@ -39,8 +50,9 @@ def load_reported(paths: list[Path]) -> pd.DataFrame:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
         missing = [c for c in REPORTED_COLUMNS if c not in df.columns]
         if missing:
-            raise ValueError(f"{path}: missing columns {', '.join(missing)}; expected header "
-                             f"{','.join(REPORTED_COLUMNS)}")
+            raise ValueError(
+                f"{path}: missing columns {', '.join(missing)}; expected header {','.join(REPORTED_COLUMNS)}"
+            )
         bad_metric = sorted(set(df.metric) - set(METRIC_NAMES))
         if bad_metric:
             raise ValueError(f"{path}: unknown metric(s) {', '.join(bad_metric)}; valid: {', '.join(METRIC_NAMES)}")
@@ -55,11 +67,17 @@ def load_reported(paths: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def match_reported(reported: pd.DataFrame, protocol: str, dataset: str, setting: str, model: str,
-                   pretrained: str) -> pd.DataFrame:
+def match_reported(
+    reported: pd.DataFrame, protocol: str, dataset: str, setting: str, model: str, pretrained: str
+) -> pd.DataFrame:
     """The published rows that apply to runs of this protocol, data set, setting and backbone."""
     if reported.empty:
         return reported
-    keep = ((reported.protocol == protocol) & (reported.dataset == dataset) & (reported.setting == setting)
-            & (reported.backbone == model) & ((reported.pretrained == "") | (reported.pretrained == pretrained)))
+    keep = (
+        (reported.protocol == protocol)
+        & (reported.dataset == dataset)
+        & (reported.setting == setting)
+        & (reported.backbone == model)
+        & ((reported.pretrained == "") | (reported.pretrained == pretrained))
+    )
     return reported[keep].sort_values(["method", "metric", "domain"], kind="mergesort")

@@ -20,6 +20,7 @@ set x setting x backbone), the point a named rule picks, and every caption names
 Points whose runs failed are skipped and reported; ties go to the first point in a stable
 order (sorted by their hyper-parameters). Validation domains never appear in the tables.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,11 +44,11 @@ DESCRIPTIONS = {
     "fixed": "no selection: every hyper-parameter point is its own row",
     "validation_domain": "best mean {metric} on the labelled validation domain(s), never a target",
     "validation_domain_lodo": "best mean {metric} on the other target domains (leave-one-domain-out: "
-                              "the data set has no validation domain)",
+    "the data set has no validation domain)",
     "unsupervised": "per target domain, largest label-free InfoMax criterion H(mean p) - mean H(p) on the "
-                    "method's own predictions for the data it adapted on",
+    "method's own predictions for the data it adapted on",
     "oracle": "ORACLE, an upper bound and not a result: per target domain, best mean {metric} on the "
-              "target's own test labels",
+    "target's own test labels",
 }
 
 
@@ -113,8 +114,14 @@ def _value(rec: dict, metric: str, score: str | None) -> float:
     return float(v) if v is not None else float("nan")
 
 
-def _best(candidates: dict[str, list[dict]], metric: str, score: str | None, higher: bool,
-          skipped: list[str] | None = None, where: str = "") -> tuple[str, float] | None:
+def _best(
+    candidates: dict[str, list[dict]],
+    metric: str,
+    score: str | None,
+    higher: bool,
+    skipped: list[str] | None = None,
+    where: str = "",
+) -> tuple[str, float] | None:
     """The point with the best mean value over its finished records (None when none has a finite value).
 
     A point with a failed run among its records is skipped (and named in ``skipped``) while
@@ -125,8 +132,10 @@ def _best(candidates: dict[str, list[dict]], metric: str, score: str | None, hig
         for p in sorted(failed):
             if skipped is not None:
                 rec = candidates[p][0]
-                skipped.append(f"{rec['spec']['method']} ({format_departures(rec.get('departures') or {}) or 'recipe'}) "
-                               f"{where}: a run failed, so the point is skipped")
+                skipped.append(
+                    f"{rec['spec']['method']} ({format_departures(rec.get('departures') or {}) or 'recipe'}) "
+                    f"{where}: a run failed, so the point is skipped"
+                )
         candidates = {p: rs for p, rs in candidates.items() if p not in failed}
     best = None
     for point in sorted(candidates):
@@ -136,14 +145,18 @@ def _best(candidates: dict[str, list[dict]], metric: str, score: str | None, hig
             continue
         mean = float(np.mean(values))
         # means equal to TIE_DECIMALS decimals tie (last-bit noise must not decide), and ties go to the first point
-        if best is None or (round(mean, TIE_DECIMALS) > round(best[1], TIE_DECIMALS) if higher
-                            else round(mean, TIE_DECIMALS) < round(best[1], TIE_DECIMALS)):
+        if best is None or (
+            round(mean, TIE_DECIMALS) > round(best[1], TIE_DECIMALS)
+            if higher
+            else round(mean, TIE_DECIMALS) < round(best[1], TIE_DECIMALS)
+        ):
             best = (point, mean)
     return best
 
 
-def select(records: list[Stored], rule: str = DEFAULT_RULE, metric: str = DEFAULT_METRIC,
-           score: str | None = None) -> tuple[list[Stored], Selection]:
+def select(
+    records: list[Stored], rule: str = DEFAULT_RULE, metric: str = DEFAULT_METRIC, score: str | None = None
+) -> tuple[list[Stored], Selection]:
     """The records a rule keeps (validation domains dropped) and what it picked.
 
     Kept records of a method whose picks differ between domains are labelled
@@ -177,26 +190,38 @@ def select(records: list[Stored], rule: str = DEFAULT_RULE, metric: str = DEFAUL
         target_recs = [r for _, r in parts["target"]]
         eligible = sorted({_point(r) for r in target_recs})
         example = {_point(r): r.get("departures") or {} for r in target_recs}
-        done = lambda rs: [r for r in rs if _point(r) in eligible]  # noqa: E731
+        done = lambda rs, eligible=eligible: [r for r in rs if _point(r) in eligible]  # noqa: E731
         where = f"in {dataset}/{group[2]}"
         domains = sorted({r["spec"]["domain"] for r in target_recs})
         picks: dict[str, str] = {}
         vdoms = validation.get(dataset, ())
         if len(eligible) == 1:
             picks = {d: eligible[0] for d in domains}
-            sel.picks.append(Pick(group, method, "*", json.loads(eligible[0]), float("nan"), 1, "single point",
-                                  example[eligible[0]]))
+            sel.picks.append(
+                Pick(group, method, "*", json.loads(eligible[0]), float("nan"), 1, "single point", example[eligible[0]])
+            )
         elif rule == "validation_domain" and vdoms:
             val_recs = [r for _, r in parts["val"]]
             cands = {p: [r for r in done(val_recs) if _point(r) == p] for p in eligible}
             if not any(cands.values()):
                 raise SelectionError(
                     f"selection validation_domain needs runs of {method} on the validation domain(s) "
-                    f"{', '.join(vdoms)} of {dataset}: rerun the sweep with --selection validation_domain (it adds them)")
+                    f"{', '.join(vdoms)} of {dataset}: rerun the sweep with --selection validation_domain (it adds them)"
+                )
             best = _require(_best(cands, crit, score, higher, sel.skipped, where), group, crit, "its validation runs")
             picks = {d: best[0] for d in domains}
-            sel.picks.append(Pick(group, method, "*", json.loads(best[0]), best[1], len(eligible),
-                                  f"validation domain(s) {', '.join(vdoms)}", example[best[0]]))
+            sel.picks.append(
+                Pick(
+                    group,
+                    method,
+                    "*",
+                    json.loads(best[0]),
+                    best[1],
+                    len(eligible),
+                    f"validation domain(s) {', '.join(vdoms)}",
+                    example[best[0]],
+                )
+            )
         else:
             for d in domains:
                 if rule == "validation_domain":  # leave-one-domain-out
@@ -206,11 +231,16 @@ def select(records: list[Stored], rule: str = DEFAULT_RULE, metric: str = DEFAUL
                     pool = [r for r in done(target_recs) if r["spec"]["domain"] == d]
                     basis = f"{d} ({'label-free' if rule == 'unsupervised' else 'test labels'})"
                 pool_by_point = {p: [r for r in pool if _point(r) == p] for p in eligible}
-                best = _require(_best(pool_by_point, crit, score, higher, sel.skipped, f"{where} (judged on {basis})"),
-                                group, crit, basis)
+                best = _require(
+                    _best(pool_by_point, crit, score, higher, sel.skipped, f"{where} (judged on {basis})"),
+                    group,
+                    crit,
+                    basis,
+                )
                 picks[d] = best[0]
-                sel.picks.append(Pick(group, method, d, json.loads(best[0]), best[1], len(eligible), basis,
-                                      example[best[0]]))
+                sel.picks.append(
+                    Pick(group, method, d, json.loads(best[0]), best[1], len(eligible), basis, example[best[0]])
+                )
         chosen = [(d, r) for d, r in parts["target"] if picks.get(r["spec"]["domain"]) == _point(r)]
         if len(set(picks.values())) > 1:
             sel.labels.update({str(d): f"{method} [{rule}]" for d, _ in chosen})
@@ -221,8 +251,10 @@ def select(records: list[Stored], rule: str = DEFAULT_RULE, metric: str = DEFAUL
 def _require(best: tuple[str, float] | None, group: tuple, crit: str, basis: str) -> tuple[str, float]:
     """``best``, or a ``SelectionError`` saying that no point had a value to judge it by."""
     if best is None:
-        raise SelectionError(f"cannot select a point of {group[-1]} in {group[1]}/{group[2]}: no finished run has "
-                             f"a finite {crit} on {basis}")
+        raise SelectionError(
+            f"cannot select a point of {group[-1]} in {group[1]}/{group[2]}: no finished run has "
+            f"a finite {crit} on {basis}"
+        )
     return best
 
 

@@ -8,6 +8,7 @@ Conventions:
 - Ranks: 1 is the best; ties get the average of the ranks they span.
 - Bootstrap: percentile intervals of resampled test samples, from a seeded ``numpy`` generator.
 """
+
 from __future__ import annotations
 
 import math
@@ -235,8 +236,9 @@ def bootstrap_indices(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarr
     return rng.integers(0, n, size=(n_boot, n))
 
 
-def bootstrap_metrics(metrics: Sequence[str], pred: np.ndarray, score: np.ndarray, label: np.ndarray,
-                      num_known: int, idx: np.ndarray) -> dict[str, np.ndarray]:
+def bootstrap_metrics(
+    metrics: Sequence[str], pred: np.ndarray, score: np.ndarray, label: np.ndarray, num_known: int, idx: np.ndarray
+) -> dict[str, np.ndarray]:
     """The metrics (percent) of every resample ``idx[b]`` of one prediction set; ``nan`` where undefined.
 
     Same definitions as :mod:`benchmark.core.metrics`: ``acc`` and ``acc_pc`` on known samples
@@ -260,8 +262,9 @@ def bootstrap_metrics(metrics: Sequence[str], pred: np.ndarray, score: np.ndarra
             width = num_known + 1
             cls = (np.where(known, lab, num_known) + width * np.arange(b)[:, None]).ravel()
             total = np.bincount(cls, minlength=b * width).reshape(b, width)[:, :num_known]
-            hits = np.bincount(cls, weights=correct.ravel().astype(np.float64),
-                               minlength=b * width).reshape(b, width)[:, :num_known]
+            hits = np.bincount(cls, weights=correct.ravel().astype(np.float64), minlength=b * width).reshape(b, width)[
+                :, :num_known
+            ]
             present = total > 0
             per_class = np.where(present, hits / np.where(present, total, 1), 0.0)
             out["acc_pc"] = np.where(n_known > 0, 100.0 * per_class.sum(axis=1) / present.sum(axis=1), np.nan)

@@ -5,6 +5,7 @@ how many expected) and its decorations (bold for the best of its column, a signi
 Values print with one decimal; the best of a column is decided on the printed value, so equal
 printed values are bold together.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,9 +16,23 @@ from tabulate import tabulate
 MARK_BETTER = "†"
 MARK_WORSE = "‡"
 _LATEX_MARKS = {MARK_BETTER: r"$^\dagger$", MARK_WORSE: r"$^\ddagger$"}
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", MARK_BETTER: r"$^\dagger$", MARK_WORSE: r"$^\ddagger$", "<": r"$<$", ">": r"$>$"}
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "_": r"\_",
+    "%": r"\%",
+    "&": r"\&",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    MARK_BETTER: r"$^\dagger$",
+    MARK_WORSE: r"$^\ddagger$",
+    "<": r"$<$",
+    ">": r"$>$",
+}
 
 
 @dataclass
@@ -128,12 +143,20 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
 
 
-def latex_grid(grid: dict[str, dict[str, Cell]], columns: list[str], caption: str, label: str,
-               first: str = "method") -> str:
+def latex_grid(
+    grid: dict[str, dict[str, Cell]], columns: list[str], caption: str, label: str, first: str = "method"
+) -> str:
     """A booktabs ``table`` environment: bold best (``\\textbf``), daggers, ``(d/n)``."""
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
-             rf"\label{{{label}}}", rf"\begin{{tabular}}{{l{'r' * len(columns)}}}", r"\toprule",
-             " & ".join(latex_escape(h) for h in [first, *columns]) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(caption)}}}",
+        rf"\label{{{label}}}",
+        rf"\begin{{tabular}}{{l{'r' * len(columns)}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in [first, *columns]) + r" \\",
+        r"\midrule",
+    ]
     for name, row in grid.items():
         cells = [latex_escape(name)]
         for col in columns:
@@ -153,8 +176,19 @@ def csv_rows(grid: dict[str, dict[str, Cell]], columns: list[str]) -> list[dict[
         for col in columns:
             c = row.get(col, Cell())
             lo, hi = c.ci if c.ci is not None else (math.nan, math.nan)
-            out.append({"method": name, "column": col, "mean": c.mean, "std": c.std, "n_done": c.n_done,
-                        "n_expected": c.n_expected, "state": c.state, "best": int(c.bold),
-                        "mark": {MARK_BETTER: "better", MARK_WORSE: "worse"}.get(c.mark, ""),
-                        "ci_lo": lo, "ci_hi": hi})
+            out.append(
+                {
+                    "method": name,
+                    "column": col,
+                    "mean": c.mean,
+                    "std": c.std,
+                    "n_done": c.n_done,
+                    "n_expected": c.n_expected,
+                    "state": c.state,
+                    "best": int(c.bold),
+                    "mark": {MARK_BETTER: "better", MARK_WORSE: "worse"}.get(c.mark, ""),
+                    "ci_lo": lo,
+                    "ci_hi": hi,
+                }
+            )
     return out

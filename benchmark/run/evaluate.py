@@ -5,13 +5,14 @@ that normalise with batch statistics, such as TENT, never see class-sorted batch
 results are put back in dataset order. Every registered OOD score (``benchmark.adapt.scores``) and
 every score a method adds of its own is kept per sample, and the metrics are computed under each.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from benchmark.core.metrics import classification_metrics, otsu_threshold, score_metrics
 from benchmark.adapt.scores import compute_scores
+from benchmark.core.metrics import classification_metrics, otsu_threshold, score_metrics
 
 EVAL_BATCH = 64
 TOPK = 5
@@ -71,7 +72,11 @@ class PredictionSink:
 
 @torch.no_grad()
 def predict_set(
-    adapter, images: torch.Tensor, seed: int = 0, batch_size: int = EVAL_BATCH, features: torch.Tensor | None = None,
+    adapter,
+    images: torch.Tensor,
+    seed: int = 0,
+    batch_size: int = EVAL_BATCH,
+    features: torch.Tensor | None = None,
 ) -> PredictionSink:
     """Predictions of ``adapter`` on uint8 ``images`` in a sink: ``pred``, ``topk_*``, ``score_<name>``, probabilities.
 
@@ -97,7 +102,7 @@ def predict_set(
 
 def score_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``{score name: per-sample scores}`` of a prediction dict (``score_<name>`` keys)."""
-    return {k[len(SCORE_PREFIX):]: v for k, v in arrays.items() if k.startswith(SCORE_PREFIX)}
+    return {k[len(SCORE_PREFIX) :]: v for k, v in arrays.items() if k.startswith(SCORE_PREFIX)}
 
 
 def fit_thresholds(arrays: dict[str, np.ndarray]) -> dict[str, float]:
@@ -105,8 +110,9 @@ def fit_thresholds(arrays: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: otsu_threshold(s) for name, s in score_arrays(arrays).items()}
 
 
-def score_predictions(arrays: dict[str, np.ndarray], label: np.ndarray, num_known: int,
-                      thresholds: dict[str, float]) -> dict:
+def score_predictions(
+    arrays: dict[str, np.ndarray], label: np.ndarray, num_known: int, thresholds: dict[str, float]
+) -> dict:
     """All metrics (percent) of one prediction set: the classification ones and, under ``scores``,
     one dict per OOD score (its threshold from ``thresholds``)."""
     out = classification_metrics(arrays["pred"], label, num_known)

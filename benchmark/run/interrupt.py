@@ -28,6 +28,7 @@ while the worker is deep in native code, and fires on any death of the parent; i
 that it follows the *thread* that started the child, does not apply because workers are only
 ever started from the main thread.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -11,6 +11,7 @@ crashed worker, a lost job) is returned as a failed record. It raises
 see ``benchmark.run.interrupt``), or when a run's record says every later run would fail the same
 way (``stop_sweep``: no space left on the device).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from benchmark.core.paths import REPO_ROOT
 from benchmark.core.records import is_complete
+from benchmark.core.spec import RunSpec
 from benchmark.registry import LAUNCHERS, load_plugins
 from benchmark.run.interrupt import (
     PARENT_GRACE,
@@ -45,7 +47,6 @@ from benchmark.run.interrupt import (
     watch_parent,
     watch_sweep,
 )
-from benchmark.core.spec import RunSpec
 from benchmark.run.runner import discard_partial, execute
 
 
@@ -53,13 +54,18 @@ class LauncherError(ValueError):
     """A launcher that cannot work here (e.g. SLURM asked for without ``sbatch``): exit status 2."""
 
 
-
 def _lost(spec: RunSpec, err: BaseException | str) -> dict[str, Any]:
     """A failed record for a run whose process never reported (kept in memory for the summary)."""
     text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
     tb = "" if isinstance(err, str) else "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    return {"spec": spec.as_dict(), "hash": spec.hash, "status": "failed", "skipped": False,
-            "error": f"run did not report back: {text}", "traceback": tb}
+    return {
+        "spec": spec.as_dict(),
+        "hash": spec.hash,
+        "status": "failed",
+        "skipped": False,
+        "error": f"run did not report back: {text}",
+        "traceback": tb,
+    }
 
 
 def _report(spec: RunSpec, rec: dict[str, Any]) -> None:
@@ -67,16 +73,20 @@ def _report(spec: RunSpec, rec: dict[str, Any]) -> None:
         tqdm.write(f"FAILED {spec.label()}: {rec.get('error')}")
 
 
-def _stopped(specs: list[RunSpec], records: list[dict[str, Any] | None], out: Path, status: int,
-             reason: str | None = None) -> SweepStopped:
+def _stopped(
+    specs: list[RunSpec], records: list[dict[str, Any] | None], out: Path, status: int, reason: str | None = None
+) -> SweepStopped:
     """The :class:`SweepStopped` of a sweep whose ``records`` (None: not collected) stop here.
 
     A run counts as done when it came back with a record (of any status but ``busy``), or when
     its complete record is on disk although it was not collected (it finished meanwhile).
     """
-    done = sum(1 for spec, rec in zip(specs, records)
-               if (rec is not None and rec.get("status") != "busy")
-               or (rec is None and is_complete(Path(out) / "runs" / spec.hash)))
+    done = sum(
+        1
+        for spec, rec in zip(specs, records)
+        if (rec is not None and rec.get("status") != "busy")
+        or (rec is None and is_complete(Path(out) / "runs" / spec.hash))
+    )
     return SweepStopped(done, len(specs) - done, status, reason)
 
 
@@ -185,8 +195,9 @@ class _Worker:
 
     def __init__(self, ctx, plugins: list[str], threads: int):
         self.conn, theirs = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(theirs, plugins, threads, os.getpid()),
-                                name="clipbench-worker")
+        self.proc = ctx.Process(
+            target=_worker_main, args=(theirs, plugins, threads, os.getpid()), name="clipbench-worker"
+        )
         with signals_blocked():  # the child inherits the mask: no signal reaches it before it is ready
             self.proc.start()
         theirs.close()
@@ -235,8 +246,14 @@ class LocalLauncher:
     on disk. Workers never outlive the sweep (``benchmark.run.interrupt``).
     """
 
-    def __init__(self, workers: int = 2, plugins: list[str] | None = None, profile: bool = False,
-                 feature_cache: bool = True, **_: Any):
+    def __init__(
+        self,
+        workers: int = 2,
+        plugins: list[str] | None = None,
+        profile: bool = False,
+        feature_cache: bool = True,
+        **_: Any,
+    ):
         if workers < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
         self.workers = workers
@@ -353,13 +370,22 @@ class LocalLauncher:
 def slurm_problem(cluster: str | None) -> str | None:
     """Why ``--launcher slurm`` cannot submit here (no ``sbatch`` on PATH), or None."""
     if (cluster or "slurm") == "slurm" and shutil.which("sbatch") is None:
-        return ("--launcher slurm submits through SLURM's sbatch, which is not on PATH; run on a SLURM login node, "
-                "use --launcher local, or --slurm-cluster local to try submitit's local executor")
+        return (
+            "--launcher slurm submits through SLURM's sbatch, which is not on PATH; run on a SLURM login node, "
+            "use --launcher local, or --slurm-cluster local to try submitit's local executor"
+        )
     return None
 
 
-def _run_one(spec: RunSpec, out: Path, data_root: str | None, device: str, options: dict[str, Any],
-             plugins: list[str] = (), sweep: int | None = None) -> dict[str, Any]:
+def _run_one(
+    spec: RunSpec,
+    out: Path,
+    data_root: str | None,
+    device: str,
+    options: dict[str, Any],
+    plugins: list[str] = (),
+    sweep: int | None = None,
+) -> dict[str, Any]:
     """Execute one spec in a submitit job (module level, so it pickles by reference).
 
     ``sweep``: the pid of the sweep that submitted it, given for submitit's local executor only:
@@ -386,10 +412,20 @@ class SlurmLauncher:
     local jobs get SIGTERM).
     """
 
-    def __init__(self, partition: str | None = None, time: int = 240, gpus_per_job: int = 1,
-                 cpus_per_task: int = 8, mem_gb: int | None = None, array_parallelism: int = 64,
-                 cluster: str | None = None, plugins: list[str] | None = None, profile: bool = False,
-                 feature_cache: bool = True, **_: Any):
+    def __init__(
+        self,
+        partition: str | None = None,
+        time: int = 240,
+        gpus_per_job: int = 1,
+        cpus_per_task: int = 8,
+        mem_gb: int | None = None,
+        array_parallelism: int = 64,
+        cluster: str | None = None,
+        plugins: list[str] | None = None,
+        profile: bool = False,
+        feature_cache: bool = True,
+        **_: Any,
+    ):
         self.partition = partition
         self.time = time
         self.gpus_per_job = gpus_per_job
@@ -410,11 +446,17 @@ class SlurmLauncher:
         if problem:
             raise LauncherError(problem)
         ex = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
-        params: dict[str, Any] = {"timeout_min": self.time, "name": "clipbench",
-                                  "slurm_array_parallelism": self.array_parallelism}
+        params: dict[str, Any] = {
+            "timeout_min": self.time,
+            "name": "clipbench",
+            "slurm_array_parallelism": self.array_parallelism,
+        }
         if ex.cluster == "slurm":
-            params.update(gpus_per_node=self.gpus_per_job, cpus_per_task=self.cpus_per_task,
-                          slurm_setup=[f"export PYTHONPATH={REPO_ROOT}:$PYTHONPATH"])
+            params.update(
+                gpus_per_node=self.gpus_per_job,
+                cpus_per_task=self.cpus_per_task,
+                slurm_setup=[f"export PYTHONPATH={REPO_ROOT}:$PYTHONPATH"],
+            )
             if self.partition:
                 params["slurm_partition"] = self.partition
             if self.mem_gb:
@@ -439,16 +481,23 @@ class SlurmLauncher:
             # so they can import the repo.
             try:
                 with signals_deferred(), signals_blocked((signal.SIGINT,)):
-                    jobs = ex.map_array(_run_one, specs, [Path(out).resolve()] * n, [data_root] * n, [device] * n,
-                                        [self.options] * n, [self.plugins] * n, [sweep] * n)
+                    jobs = ex.map_array(
+                        _run_one,
+                        specs,
+                        [Path(out).resolve()] * n,
+                        [data_root] * n,
+                        [device] * n,
+                        [self.options] * n,
+                        [self.plugins] * n,
+                        [sweep] * n,
+                    )
             finally:
                 if saved is None:
                     os.environ.pop("PYTHONPATH", None)
                 else:
                     os.environ["PYTHONPATH"] = saved
             job_id = jobs[0].job_id.split("_")[0]
-            print(f"submitted {n} runs as {ex.cluster} job {job_id}; logs in {Path(out) / 'submitit'}",
-                  file=sys.stderr)
+            print(f"submitted {n} runs as {ex.cluster} job {job_id}; logs in {Path(out) / 'submitit'}", file=sys.stderr)
             for i, (spec, job) in enumerate(tqdm(list(zip(specs, jobs)), desc="runs", unit="run", disable=None)):
                 try:
                     rec = job.result()

@@ -6,6 +6,7 @@ backbone is resolved (and, before a real run, loaded once, which also fills open
 cache for the runs) and each (data set, domain) located on disk. A problem stops the sweep with
 one message saying what is missing and how to get it, before any record is written.
 """
+
 from __future__ import annotations
 
 from benchmark.core.spec import RunSpec

@@ -5,13 +5,14 @@ A record is a directory ``<out>/runs/<hash>/`` named by the hash of the resolved
 rerunning) and ``result.json`` (spec, data facts, metrics, timings, versions, status), the
 latter written last. A run whose record is complete is never recomputed.
 """
+
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
-import json
 import functools
+import json
 import os
 import platform
 import random
@@ -57,13 +58,27 @@ def seed_everything(seed: int) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_split(dataset: str, domain: str, setting: str, protocol: str, data_root: str | None, resolution: int,
-                full: bool = False, render_seed: int | None = None):
+def _load_split(
+    dataset: str,
+    domain: str,
+    setting: str,
+    protocol: str,
+    data_root: str | None,
+    resolution: int,
+    full: bool = False,
+    render_seed: int | None = None,
+):
     from benchmark.data import load_split
 
     return load_split(
-        dataset, domain=domain, setting=setting, protocol=protocol,
-        data_root=Path(data_root) if data_root else None, resolution=resolution, full=full, render_seed=render_seed,
+        dataset,
+        domain=domain,
+        setting=setting,
+        protocol=protocol,
+        data_root=Path(data_root) if data_root else None,
+        resolution=resolution,
+        full=full,
+        render_seed=render_seed,
     )
 
 
@@ -73,8 +88,16 @@ def load_run_split(spec: RunSpec, data_root: str | None, resolution: int, full: 
     from benchmark.data import get_spec
 
     resample = get_spec(spec.dataset).layout.resample
-    return _load_split(spec.dataset, spec.domain, spec.setting, spec.protocol, data_root, resolution, full,
-                       spec.render_seed if resample else None)
+    return _load_split(
+        spec.dataset,
+        spec.domain,
+        spec.setting,
+        spec.protocol,
+        data_root,
+        resolution,
+        full,
+        spec.render_seed if resample else None,
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,13 +111,27 @@ def environment() -> dict[str, Any]:
             versions[pkg] = None
     repo = REPO_ROOT
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=repo,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", False
-    return {"versions": versions, "git_commit": commit or None, "git_dirty": dirty,
-            "python": platform.python_version(), "host": platform.node()}
+    return {
+        "versions": versions,
+        "git_commit": commit or None,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
 
 
 def _now() -> str:
@@ -196,8 +233,13 @@ def _current(spec: RunSpec, run_dir: Path, data_root: str | None) -> tuple[dict[
 
 
 def execute(
-    spec: RunSpec, out: Path, data_root: str | None = None, device: str = "cpu", *,
-    profile: bool = False, feature_cache: bool = True,
+    spec: RunSpec,
+    out: Path,
+    data_root: str | None = None,
+    device: str = "cpu",
+    *,
+    profile: bool = False,
+    feature_cache: bool = True,
 ) -> dict[str, Any]:
     """Run ``spec`` unless its record is complete; return the record (``skipped`` says which).
 
@@ -217,8 +259,13 @@ def execute(
     try:
         with run_lock(run_dir) as mine:
             if not mine:
-                return {"spec": spec.as_dict(), "hash": spec.hash, "status": "busy", "skipped": True,
-                        "error": "being computed by another process (its lock is held)"}
+                return {
+                    "spec": spec.as_dict(),
+                    "hash": spec.hash,
+                    "status": "busy",
+                    "skipped": True,
+                    "error": "being computed by another process (its lock is held)",
+                }
             rec, problem = _current(spec, run_dir, data_root)  # another process may have completed it meanwhile
             if rec is not None:
                 return rec
@@ -233,8 +280,15 @@ def execute(
             return rec
     except OSError as err:  # the run's folder or lock cannot be created: no later run could either
         error = f"cannot create {run_dir}: {type(err).__name__}: {err}"
-        return {"spec": spec.as_dict(), "hash": spec.hash, "status": "failed", "skipped": False, "error": error,
-                "traceback": traceback.format_exc(), "stop_sweep": error}
+        return {
+            "spec": spec.as_dict(),
+            "hash": spec.hash,
+            "status": "failed",
+            "skipped": False,
+            "error": error,
+            "traceback": traceback.format_exc(),
+            "stop_sweep": error,
+        }
 
 
 def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tuple[dict, dict, dict, dict]:
@@ -252,8 +306,9 @@ def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tupl
     metrics: dict[str, dict] = {}
     parts: list[tuple[str, dict, np.ndarray]] = []
     if adapter.regime in ("online", "episodic"):
-        data = UnlabeledData(split.test.images, device=model.device, seed=spec.derived_seed,
-                             full=split.test.full, sizes=split.test.sizes)
+        data = UnlabeledData(
+            split.test.images, device=model.device, seed=spec.derived_seed, full=split.test.full, sizes=split.test.sizes
+        )
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(spec.data_seed))
         sink = PredictionSink(len(data), model.num_classes)
         for index, out in adapter.stream(data, order):
@@ -264,8 +319,11 @@ def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tupl
         parts.append(("test", test, split.test.labels))
         arrays["test_order"] = order.numpy()
     else:
-        frozen = (frozen_image_features(model, split.test.images)
-                  if feature_cache and not adapter.adapts and hasattr(adapter, "predict_features") else None)
+        frozen = (
+            frozen_image_features(model, split.test.images)
+            if feature_cache and not adapter.adapts and hasattr(adapter, "predict_features")
+            else None
+        )
         test_sink = predict_set(adapter, split.test.images, seed=spec.data_seed, features=frozen)
         test = test_sink.result()
         rows = adapt_rows_in_test(split)
@@ -332,27 +390,40 @@ def _verified_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
     return file_sha256(path)
 
 
-def _compute(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, device: str,
-             profile: bool, feature_cache: bool) -> dict[str, Any]:
+def _compute(
+    spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, device: str, profile: bool, feature_cache: bool
+) -> dict[str, Any]:
     with run_log(run_dir) as log:
-        log.write(f"{_now()} start {spec.label()} ({spec.hash}) on {device}, host {platform.node()} pid {os.getpid()}\n"
-                  f"hparams: {json.dumps(spec.hparams, sort_keys=True)}\n")
+        log.write(
+            f"{_now()} start {spec.label()} ({spec.hash}) on {device}, host {platform.node()} pid {os.getpid()}\n"
+            f"hparams: {json.dumps(spec.hparams, sort_keys=True)}\n"
+        )
         log.flush()
         record = _compute_logged(spec, run_dir, out, data_root, device, profile, feature_cache)
-        log.write(f"{_now()} {record['status']}"
-                  f"{': ' + record['error'] if record.get('error') else ''} in {record['timings']['total']:.1f} s\n")
+        log.write(
+            f"{_now()} {record['status']}"
+            f"{': ' + record['error'] if record.get('error') else ''} in {record['timings']['total']:.1f} s\n"
+        )
         return record
 
 
-def _compute_logged(spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, device: str,
-             profile: bool, feature_cache: bool) -> dict[str, Any]:
+def _compute_logged(
+    spec: RunSpec, run_dir: Path, out: Path, data_root: str | None, device: str, profile: bool, feature_cache: bool
+) -> dict[str, Any]:
     from benchmark.data import get_spec
     from benchmark.run.evaluate import REJECTION_RULE
 
-    record: dict[str, Any] = {"schema": RECORD_SCHEMA, "spec": spec.as_dict(), "hash": spec.hash,
-                              "label": method_label(spec.method, spec.departures), "departures": spec.departures,
-                              "device": spec.device, "validation_domains": list(spec.validation_domains),
-                              "started": _now(), "environment": environment()}
+    record: dict[str, Any] = {
+        "schema": RECORD_SCHEMA,
+        "spec": spec.as_dict(),
+        "hash": spec.hash,
+        "label": method_label(spec.method, spec.departures),
+        "departures": spec.departures,
+        "device": spec.device,
+        "validation_domains": list(spec.validation_domains),
+        "started": _now(),
+        "environment": environment(),
+    }
     timings: dict[str, float] = {}
     profiler = Profiler(device) if profile else None
     t_start = time.perf_counter()
@@ -361,8 +432,11 @@ def _compute_logged(spec: RunSpec, run_dir: Path, out: Path, data_root: str | No
         seed_everything(seed)
         cls = get_method(spec.method)
         hparams = cls.check_resolved(spec.hparams)
-        record.update(regime=hparams["regime"], precision=hparams["precision"],
-                      headline_score=get_spec(spec.dataset).protocol(spec.protocol).score)
+        record.update(
+            regime=hparams["regime"],
+            precision=hparams["precision"],
+            headline_score=get_spec(spec.dataset).protocol(spec.protocol).score,
+        )
 
         t = time.perf_counter()
         loaded = load_clip(spec.model, spec.pretrained, device)
@@ -384,8 +458,11 @@ def _compute_logged(spec: RunSpec, run_dir: Path, out: Path, data_root: str | No
 
         t = time.perf_counter()
         if adapter.regime == "transductive":
-            adapter.adapt(UnlabeledData(split.adapt.images, device=device, seed=seed,
-                                        full=split.adapt.full, sizes=split.adapt.sizes))
+            adapter.adapt(
+                UnlabeledData(
+                    split.adapt.images, device=device, seed=seed, full=split.adapt.full, sizes=split.adapt.sizes
+                )
+            )
         timings["adapt"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -408,11 +485,18 @@ def _compute_logged(spec: RunSpec, run_dir: Path, out: Path, data_root: str | No
 
         run_dir.mkdir(parents=True, exist_ok=True)
         digest = _verified_npz(run_dir / PREDS, arrays)
-        record.update(status="done", metrics=metrics, execution=adapter.describe(), preds_sha256=digest,
-                      scores={name: describe_score(name) for name in sorted(thresholds)},
-                      rejection={"rule": REJECTION_RULE, "thresholds": thresholds},
-                      label_free=label_free,
-                      history=adapter.history, curve=adapter.curve, num_trainable=sum(p.numel() for p in adapter.trainable_parameters()))
+        record.update(
+            status="done",
+            metrics=metrics,
+            execution=adapter.describe(),
+            preds_sha256=digest,
+            scores={name: describe_score(name) for name in sorted(thresholds)},
+            rejection={"rule": REJECTION_RULE, "thresholds": thresholds},
+            label_free=label_free,
+            history=adapter.history,
+            curve=adapter.curve,
+            num_trainable=sum(p.numel() for p in adapter.trainable_parameters()),
+        )
     except Exception as err:  # a failed run is recorded, never lost; the sweep goes on unless no run could succeed
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         print(record["traceback"], file=sys.stderr)

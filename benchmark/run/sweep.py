@@ -11,6 +11,7 @@ they are in its hash and its record; the departures from the recipe are computed
 stored with the record. Every key of a data set's ``recipes``, ``overrides`` and ``grids`` and of
 the user's options is checked against the method's hyper-parameters: a typo is an error.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -79,12 +80,16 @@ def check_spec_hparams(ds: Any) -> None:
     for section in ("recipes", "overrides", "grids"):
         for method, params in (getattr(ds, section) or {}).items():
             if method not in method_names():
-                raise SweepError(f"{where}: {section}: unknown method {method!r}; registered: {', '.join(method_names())}")
+                raise SweepError(
+                    f"{where}: {section}: unknown method {method!r}; registered: {', '.join(method_names())}"
+                )
             known = METHODS.get(method).hparam_defaults()
             for key in params or {}:
                 if key not in known:
-                    raise SweepError(f"{where}: {section}.{method}: {key!r} is not a hyper-parameter of {method}; "
-                                     f"valid: {', '.join(sorted(known))}")
+                    raise SweepError(
+                        f"{where}: {section}.{method}: {key!r} is not a hyper-parameter of {method}; "
+                        f"valid: {', '.join(sorted(known))}"
+                    )
 
 
 def is_grid(default: Any, value: Any) -> bool:
@@ -165,8 +170,10 @@ def build_sweep(req: SweepRequest, not_applicable: list[str] | None = None) -> l
     asked_for = set(req.overrides or {})
     outside = sorted(asked_for - set(req.methods))
     if outside:
-        raise SweepError(f"--cfg-options name method(s) {', '.join(outside)} that are not in this sweep "
-                         f"({', '.join(req.methods)}); add them to --methods or drop the options")
+        raise SweepError(
+            f"--cfg-options name method(s) {', '.join(outside)} that are not in this sweep "
+            f"({', '.join(req.methods)}); add them to --methods or drop the options"
+        )
     vit = is_vit_model(req.model)
     methods = []
     for method in req.methods:
@@ -187,18 +194,24 @@ def build_sweep(req: SweepRequest, not_applicable: list[str] | None = None) -> l
             domains += [d for d in ds.validation_domains if d not in domains]
         used_domains.update(domains)
         if not domains:
-            raise SweepError(f"none of the domains {req.domains} belong to {ds_name}; its domains: {', '.join(ds.domains)}")
+            raise SweepError(
+                f"none of the domains {req.domains} belong to {ds_name}; its domains: {', '.join(ds.domains)}"
+            )
         valid_settings = ds.settings(req.protocol)
         settings = req.settings or [s for s in DEFAULT_SETTINGS if s in valid_settings]
         bad = [s for s in settings if s not in valid_settings]
         if bad:
-            raise SweepError(f"setting(s) {bad} not in protocol {req.protocol!r} of {ds_name}; valid: {', '.join(valid_settings)}")
+            raise SweepError(
+                f"setting(s) {bad} not in protocol {req.protocol!r} of {ds_name}; valid: {', '.join(valid_settings)}"
+            )
         from benchmark.adapt.scores import score_names
 
         headline = ds.protocol(req.protocol).score
         if headline not in score_names():
-            raise SweepError(f"protocol {req.protocol!r} of {ds_name} names the OOD score {headline!r}; "
-                             f"registered scores: {', '.join(score_names())}")
+            raise SweepError(
+                f"protocol {req.protocol!r} of {ds_name} names the OOD score {headline!r}; "
+                f"registered scores: {', '.join(score_names())}"
+            )
         check_spec_hparams(ds)
         for method in methods:
             cls = get_method(method)
@@ -213,11 +226,22 @@ def build_sweep(req: SweepRequest, not_applicable: list[str] | None = None) -> l
                 for domain in domains:
                     for setting in settings:
                         for seed in req.seeds:
-                            specs.append(RunSpec(method=method, dataset=ds_name, domain=domain, setting=setting,
-                                                 protocol=req.protocol, seed=seed, model=req.model,
-                                                 pretrained=req.pretrained, hparams=hparams,
-                                                 device=device_kind(req.device), departures=diffs,
-                                                 validation_domains=tuple(ds.validation_domains)))
+                            specs.append(
+                                RunSpec(
+                                    method=method,
+                                    dataset=ds_name,
+                                    domain=domain,
+                                    setting=setting,
+                                    protocol=req.protocol,
+                                    seed=seed,
+                                    model=req.model,
+                                    pretrained=req.pretrained,
+                                    hparams=hparams,
+                                    device=device_kind(req.device),
+                                    departures=diffs,
+                                    validation_domains=tuple(ds.validation_domains),
+                                )
+                            )
     if req.domains is not None:
         unused = [d for d in req.domains if d not in used_domains]
         if unused:

@@ -18,6 +18,7 @@ machine and thread count (a rerun gave identical tensors); the weights
 are saved as a float16 state dict that ``open_clip.create_model_and_transforms(...,
 pretrained=<file>)`` loads into the float32 model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,18 @@ STYLE_WORDS: dict[str, tuple[str, ...]] = {
     "photo": ("photo", "itap"),
     "sketch": ("sketch", "drawing", "doodle"),
     "painting": ("painting", "art of", "tattoo"),
-    "clipart": ("rendering", "cartoon", "plushie", "toy", "origami", "video game", "plastic", "graffiti",
-                "embroidered", "sculpture"),
+    "clipart": (
+        "rendering",
+        "cartoon",
+        "plushie",
+        "toy",
+        "origami",
+        "video game",
+        "plastic",
+        "graffiti",
+        "embroidered",
+        "sculpture",
+    ),
 }
 """Words that tie one of CLIP's ImageNet templates to a style (the others are style-neutral)."""
 NEUTRAL_TEMPLATES = ("a {}.", "an image of a {}.", "a picture of a {}.", "a {} shape.")
@@ -118,7 +129,8 @@ def build_model(weights: str | Path | None = WEIGHTS_PATH) -> tuple[torch.nn.Mod
     logging.getLogger().setLevel(logging.ERROR)
     try:
         model, _, _ = open_clip.create_model_and_transforms(
-            MODEL_NAME, pretrained=None if weights is None else str(weights))
+            MODEL_NAME, pretrained=None if weights is None else str(weights)
+        )
     finally:
         logging.getLogger().setLevel(level)
     model.eval()
@@ -166,8 +178,14 @@ def _augment(x: torch.Tensor, cfg: dict, gen: torch.Generator) -> torch.Tensor:
     return (pix - mean) / std
 
 
-def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor, logit_scale: torch.Tensor,
-                     styles: torch.Tensor | None = None, caption_styles: torch.Tensor | None = None) -> torch.Tensor:
+def contrastive_loss(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    labels: torch.Tensor,
+    logit_scale: torch.Tensor,
+    styles: torch.Tensor | None = None,
+    caption_styles: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Symmetric InfoNCE over a batch of (image, caption) pairs whose captions share classes.
 
     Captions are class-determined, so a batch holds many pairs of one class; they count as
@@ -219,20 +237,23 @@ def _pretrain(epochs: int, seed: int, n_per_class: int, batch_size: int, lr: flo
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98)
+    )
     steps_per_epoch = len(data) // batch_size
     total = epochs * steps_per_epoch
     warmup = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
+        opt,
+        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))),
+    )
     gen = torch.Generator().manual_seed(seed)
     model.train()
     bar = tqdm(total=total, desc="pretrain", unit="step")
     for epoch in range(epochs):
         order = torch.randperm(len(data), generator=gen)
         for i in range(steps_per_epoch):
-            idx = order[i * batch_size:(i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size]
             y = targets[idx]
             u = torch.rand(len(idx), generator=gen)
             pick = torch.rand(len(idx), generator=gen)
@@ -243,7 +264,9 @@ def _pretrain(epochs: int, seed: int, n_per_class: int, batch_size: int, lr: flo
             caption = template * n_cls + y
             txt = model.encode_text(noisy_prefix(tokens[caption], gen, sot, eot))
             img = model.encode_image(_augment(data[idx], cfg, gen))
-            loss = contrastive_loss(img, txt, y, model.logit_scale, style_of[idx], torch.where(named, style_of[idx], -1))
+            loss = contrastive_loss(
+                img, txt, y, model.logit_scale, style_of[idx], torch.where(named, style_of[idx], -1)
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -276,15 +299,16 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
         end = start
         while end + 1 < len(scores) and sorted_scores[end + 1] == sorted_scores[start]:
             end += 1
-        ranks[order[start:end + 1]] = 0.5 * (start + end) + 1
+        ranks[order[start : end + 1]] = 0.5 * (start + end) + 1
         start = end + 1
     n_pos, n_neg = positive.sum(), (~positive).sum()
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 @torch.no_grad()
-def zero_shot_table(model: torch.nn.Module, tokenizer: object, cfg: dict, n_per_class: int = 20,
-                    seeds: tuple[int, ...] = (0, 1, 2)) -> list[dict[str, float | str]]:
+def zero_shot_table(
+    model: torch.nn.Module, tokenizer: object, cfg: dict, n_per_class: int = 20, seeds: tuple[int, ...] = (0, 1, 2)
+) -> list[dict[str, float | str]]:
     """Per domain (mean over ``seeds`` of freshly rendered images): known-class per-class-mean
     accuracy and known-vs-unknown AUROC of the ``ueo`` protocol's headline score, MSP of the raw
     cosines (and, for reference, of ``100 * cos``).
@@ -292,7 +316,9 @@ def zero_shot_table(model: torch.nn.Module, tokenizer: object, cfg: dict, n_per_
     Follows the benchmark protocol: prompts ``"a photo of a {name}."`` for the 15 known classes,
     prediction = argmax cosine.
     """
-    text = F.normalize(model.encode_text(tokenizer([ZERO_SHOT_TEMPLATE.format(c) for c in CLASSES[:NUM_KNOWN]])), dim=-1)
+    text = F.normalize(
+        model.encode_text(tokenizer([ZERO_SHOT_TEMPLATE.format(c) for c in CLASSES[:NUM_KNOWN]])), dim=-1
+    )
     rows = []
     for domain in DOMAINS:
         acc, au_cos, au_msp = [], [], []
@@ -305,8 +331,14 @@ def zero_shot_table(model: torch.nn.Module, tokenizer: object, cfg: dict, n_per_
             acc.append(float(np.mean([np.mean(pred[labels == c] == c) for c in range(NUM_KNOWN)])))
             au_cos.append(auroc(torch.softmax(cos, dim=1).max(dim=1).values.numpy(), known))
             au_msp.append(auroc(torch.softmax(100.0 * cos, dim=1).max(dim=1).values.numpy(), known))
-        rows.append({"domain": domain, "acc_pc": float(np.mean(acc)), "auroc": float(np.mean(au_cos)),
-                     "auroc_msp": float(np.mean(au_msp))})
+        rows.append(
+            {
+                "domain": domain,
+                "acc_pc": float(np.mean(acc)),
+                "auroc": float(np.mean(au_cos)),
+                "auroc_msp": float(np.mean(au_msp)),
+            }
+        )
     return rows
 
 
@@ -339,8 +371,10 @@ def timing(n: int = 600, repeats: int = 3) -> None:
         model.zero_grad(set_to_none=True)
         model.encode_image(x).sum().backward()
 
-    print(f"threads={torch.get_num_threads()} images={n}: forward {best(forward):.3f}s, "
-          f"forward+backward (all parameters) {best(forward_backward):.3f}s")
+    print(
+        f"threads={torch.get_num_threads()} images={n}: forward {best(forward):.3f}s, "
+        f"forward+backward (all parameters) {best(forward_backward):.3f}s"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -362,8 +396,10 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         model = pretrain(args.epochs, args.seed, args.n_per_class, args.batch_size, args.lr)
         save_fp16(model, args.out)
-        print(f"pre-training took {time.perf_counter() - start:.0f}s; saved {args.out} "
-              f"({args.out.stat().st_size / 2**20:.2f} MiB)")
+        print(
+            f"pre-training took {time.perf_counter() - start:.0f}s; saved {args.out} "
+            f"({args.out.stat().st_size / 2**20:.2f} MiB)"
+        )
     model, tokenizer, cfg = build_model(args.out)
     print_table(zero_shot_table(model, tokenizer, cfg))
 

@@ -15,6 +15,7 @@ headline) and ``msp`` (a noisier copy, for ``--score``); metrics are computed fr
 Usage: ``PYTHONPATH=. python tests/golden/make_records.py`` (then regenerate the expected outputs with
 ``CLIPBENCH_UPDATE_GOLDEN=1 pytest tests/test_report.py``).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -29,11 +30,15 @@ from benchmark.run.evaluate import fit_thresholds, score_predictions
 
 ROOT = Path(__file__).parent / "runs"
 K, TOTAL, PER_CLASS = 15, 20, 6
-QUALITY = {"zero_shot": (0.60, 1.0), "tent": (0.64, 1.1), "ueo": (0.70, 1.6), "infomax": (0.68, 1.2),
-           "ueo@0.001": (0.72, 1.3)}
+QUALITY = {
+    "zero_shot": (0.60, 1.0),
+    "tent": (0.64, 1.1),
+    "ueo": (0.70, 1.6),
+    "infomax": (0.68, 1.2),
+    "ueo@0.001": (0.72, 1.3),
+}
 DOMAIN_SHIFT = {"photo": 0.15, "sketch": -0.05, "painting": 0.0, "fog": -0.1}
-DESCRIPTIONS = {"msp_cos": "max softmax of the raw cosines, temperature 1",
-                "msp": "max softmax of 100 x cosine"}
+DESCRIPTIONS = {"msp_cos": "max softmax of the raw cosines, temperature 1", "msp": "max softmax of 100 x cosine"}
 ADAPT_CLASSES = {"oda": list(range(18)), "opda": list(range(10)) + [15, 16, 17]}
 
 
@@ -48,27 +53,54 @@ def _predictions(rng: np.random.Generator, labels: np.ndarray, acc: float, sep: 
 
 def _record(method: str, setting: str, domain: str, seed: int, status: str = "done") -> None:
     name, _, lr = method.partition("@")
-    spec = {"method": name, "dataset": "synthetic", "domain": domain, "setting": setting, "protocol": "ueo",
-            "seed": seed, "model": "clipbench-tiny", "pretrained": "embedded", "device": "cpu",
-            "hparams": {"lr": float(lr)} if lr else {}, "protocol_version": PROTOCOL_VERSION}
+    spec = {
+        "method": name,
+        "dataset": "synthetic",
+        "domain": domain,
+        "setting": setting,
+        "protocol": "ueo",
+        "seed": seed,
+        "model": "clipbench-tiny",
+        "pretrained": "embedded",
+        "device": "cpu",
+        "hparams": {"lr": float(lr)} if lr else {},
+        "protocol_version": PROTOCOL_VERSION,
+    }
     h = spec_hash(spec)
     departures = {"lr": float(lr)} if lr else {}
-    rec = {"schema": RECORD_SCHEMA, "spec": spec, "hash": h, "status": status, "headline_score": "msp_cos",
-           "label": f"{name} (lr={float(lr)})" if lr else name, "departures": departures,
-           "precision": "fp32", "device": "cpu", "validation_domains": ["fog"],
-           "regime": "none" if method == "zero_shot" else "transductive"}
+    rec = {
+        "schema": RECORD_SCHEMA,
+        "spec": spec,
+        "hash": h,
+        "status": status,
+        "headline_score": "msp_cos",
+        "label": f"{name} (lr={float(lr)})" if lr else name,
+        "departures": departures,
+        "precision": "fp32",
+        "device": "cpu",
+        "validation_domains": ["fog"],
+        "regime": "none" if method == "zero_shot" else "transductive",
+    }
     test_labels = np.repeat(np.arange(TOTAL), PER_CLASS)
     adapt_labels = np.repeat(np.array(ADAPT_CLASSES[setting]), PER_CLASS)
-    rec["data"] = {"dataset": "synthetic", "domain": domain, "setting": setting, "protocol": "ueo", "num_known": K,
-                   "n_test": int(test_labels.size), "n_adapt": int(adapt_labels.size)}
+    rec["data"] = {
+        "dataset": "synthetic",
+        "domain": domain,
+        "setting": setting,
+        "protocol": "ueo",
+        "num_known": K,
+        "n_test": int(test_labels.size),
+        "n_adapt": int(adapt_labels.size),
+    }
     if status != "done":
         rec["error"] = "FloatingPointError: loss is NaN at epoch 2"
         write_json(ROOT / h / RESULT, rec)
         return
     acc, sep = QUALITY[method]
     # zero_shot is deterministic: the same predictions for every seed
-    rng = np.random.default_rng([sum(map(ord, method)), sum(map(ord, domain)), 0 if method == "zero_shot" else seed,
-                                 len(setting)])
+    rng = np.random.default_rng(
+        [sum(map(ord, method)), sum(map(ord, domain)), 0 if method == "zero_shot" else seed, len(setting)]
+    )
     arrays, metrics, parts = {}, {}, {}
     for part, labels in (("test", test_labels), ("adapt", adapt_labels)):
         parts[part] = (_predictions(rng, labels, acc + DOMAIN_SHIFT[domain], sep), labels)
@@ -77,11 +109,14 @@ def _record(method: str, setting: str, domain: str, seed: int, status: str = "do
         metrics[part] = score_predictions(p, labels, K, thresholds)
         arrays.update({f"{part}_{k}": v for k, v in p.items()})
         arrays[f"{part}_label"] = labels.astype(np.int64)
-    rec.update(metrics=metrics, rejection={"rule": "otsu", "thresholds": thresholds},
-               label_free={"infomax": round(float(rng.random()), 4)})
+    rec.update(
+        metrics=metrics,
+        rejection={"rule": "otsu", "thresholds": thresholds},
+        label_free={"infomax": round(float(rng.random()), 4)},
+    )
     if method != "zero_shot":
         start = 2.0 + rng.random()
-        rec["history"] = [{"epoch": e + 1, "loss": round(start * 0.8 ** e, 4)} for e in range(3)]
+        rec["history"] = [{"epoch": e + 1, "loss": round(start * 0.8**e, 4)} for e in range(3)]
     write_npz(ROOT / h / PREDS, arrays)
     rec["preds_sha256"] = file_sha256(ROOT / h / PREDS)
     rec["scores"] = {name: DESCRIPTIONS[name] for name in sorted(thresholds)}
