@@ -176,8 +176,9 @@ class POUF(Adapter):
         return groups
 
     def lr_factor(self, step: int, total: int, warmup: int) -> float:
-        """``schedule=inv``: ``(1 + lr_gamma t)^-lr_decay`` at iteration ``t`` (0-based), whatever the budget."""
-        if self.hp["schedule"] != "inv":
+        """``schedule=inv``: ``(1 + lr_gamma t)^-lr_decay`` at iteration ``t`` (0-based), whatever the budget
+        (after ``warmup_epochs`` at ``warmup_lr``, none in the recipe)."""
+        if self.hp["schedule"] != "inv" or step < warmup:
             return super().lr_factor(step, total, warmup)
         return (1.0 + self.hp["lr_gamma"] * step) ** (-self.hp["lr_decay"])
 
