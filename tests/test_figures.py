@@ -347,3 +347,32 @@ def test_last_bit_noise_neither_breaks_ties_nor_signs_zeros():
     same = stats.paired_tests(base + np.array([0, 1e-14, -1e-14, 0, 0, 0, 0]), base)
     assert math.isnan(same.p_wilcoxon) and math.isnan(same.p_ttest)  # equal to the baseline but for noise
     assert list(stats.rank_rows(np.array([[70.0, 70.0 + 1e-13, 69.0]]))[0]) == [1.5, 1.5, 3.0]
+
+
+def test_few_pairs_and_single_runs_are_drawn_and_said(records):
+    """A method with one common pair (no interval), one with none, a metric where lower is better, a single run:
+    every figure still renders inside its canvas."""
+    keep = {"zero_shot", "same_as_baseline", _labels()[0], _labels()[2]}
+    small = []
+    for path, rec in records:
+        if rec["label"] not in keep:
+            continue
+        spec = rec["spec"]
+        if rec["label"] == _labels()[0] and (spec["domain"], spec["seed"]) != ("clipart", 1):
+            continue  # one pair only
+        if rec["label"] == _labels()[2] and rec["spec"]["seed"] == 1:
+            rec = {**rec, "spec": {**spec, "seed": 9}}  # no pair in common with the baseline
+        small.append((path, rec))
+    g = analyse(records_frame(small), ("acc_pc", "fpr95"))[0]
+    frame = difference_frame(g, "fpr95")
+    by = frame.set_index("method")
+    assert by.loc[_labels()[0], "n"] == 1 and math.isnan(by.loc[_labels()[0], "ci_lo"])
+    fig = plots.difference_figure(frame, "fpr95", g.baseline, g.title)
+    assert any("no interval: 1 pair" in t.get_text() for t in fig.findobj(Text))
+    _render_and_check(fig)
+    _render_and_check(plots.heatmap_figure({m: difference_grid(g, m) for m in ("acc_pc", "fpr95")}, g.baseline,
+                                           g.title))
+    done = g.frame[g.frame.status == "done"]
+    one = {m: [h for h in done[done.method == m].history if h][:1] for m in g.methods[1:2]}
+    _render_and_check(plots.curves_figure(one, {m: "online" for m in one}, g.title))
+    _render_and_check(plots.cd_figure(["a", "b"], [1.0, 2.0], 5.0, [(0, 1)], g.title))

@@ -516,7 +516,7 @@ def cd_figure(
     width = x0 + axis_w + 0.35 + right_w + PAD
     title_text = wrap(title, width - 2 * PAD, TITLE)
     row = _row_height(texts, 0.22)
-    y_axis = PAD + text_height(title_text, TITLE) + 0.35 + 0.35  # below the title, the CD bar and the tick labels
+    y_axis = PAD + text_height(title_text, TITLE) + 0.9  # below the title, the CD bar and its note, the tick labels
     y_rows = y_axis + 0.12 + 0.1 * len(cliques) + 0.12
     height = y_rows + half * row + PAD
     fig = plt.figure(figsize=(width, height), dpi=DPI)
@@ -541,7 +541,7 @@ def cd_figure(
         ax.hlines(y_cd, x_of(1), x_of(end), color="k", lw=1.5)
         ax.vlines([x_of(1), x_of(end)], y_cd - 0.04, y_cd + 0.04, color="k", lw=1.5)
         note = f"CD = {cd:.2f}" + (" (wider than the axis)" if 1 + cd > hi else "")
-        ax.text(x_of(end) + 0.08, y_cd, note, ha="left", va="center", fontsize=SMALL)
+        ax.text(x_of(1), y_cd - 0.07, note, ha="left", va="bottom", fontsize=SMALL)
     for n, (i, j) in enumerate(cliques):
         yc = y_axis + 0.12 + 0.1 * n
         ax.hlines(yc, x_of(ranks[i]) - 0.04, x_of(ranks[j]) + 0.04, color="k", lw=3)
