@@ -370,8 +370,9 @@ def test_few_pairs_and_single_runs_are_drawn_and_said(records):
     fig = plots.difference_figure(frame, "fpr95", g.baseline, g.title)
     assert any("no interval: 1 pair" in t.get_text() for t in fig.findobj(Text))
     _render_and_check(fig)
-    _render_and_check(plots.heatmap_figure({m: difference_grid(g, m) for m in ("acc_pc", "fpr95")}, g.baseline,
-                                           g.title))
+    _render_and_check(
+        plots.heatmap_figure({m: difference_grid(g, m) for m in ("acc_pc", "fpr95")}, g.baseline, g.title)
+    )
     done = g.frame[g.frame.status == "done"]
     one = {m: [h for h in done[done.method == m].history if h][:1] for m in g.methods[1:2]}
     _render_and_check(plots.curves_figure(one, {m: "online" for m in one}, g.title))
