@@ -16,13 +16,10 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Iterator
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +32,17 @@ from benchmark.adapt.unlabeled import UnlabeledData
 from benchmark.adapt.views import ViewCache
 from benchmark.core.hparams import method_label
 from benchmark.core.metrics import LABEL_FREE, infomax_criterion
-from benchmark.core.paths import REPO_ROOT
-from benchmark.core.records import PREDS, RESULT, file_sha256, is_complete, read_record, write_json, write_npz
+from benchmark.core.records import PREDS, RESULT, is_complete, read_record, write_json
 from benchmark.core.schema import RECORD_SCHEMA
 from benchmark.core.spec import RunSpec
 from benchmark.data.fingerprint import data_fingerprint
 from benchmark.model.clip import TEMPLATE_SETS, ClipClassifier, load_clip, resolve_pretrained
 from benchmark.model.features import FeatureCache, frozen_image_features
 from benchmark.registry import get_method
+from benchmark.run.artifacts import LOG, _now, _verified_npz, environment, run_log  # noqa: F401
 
 LOCK = ".lock"
 """``flock``-ed by the process computing a run; names its last holder (``host pid``)."""
-LOG = "run.log"
-"""Everything a run printed (progress, warnings, its traceback), kept beside its record."""
 
 
 def seed_everything(seed: int) -> None:
@@ -98,44 +93,6 @@ def load_run_split(spec: RunSpec, data_root: str | None, resolution: int, full: 
         full,
         spec.render_seed if resample else None,
     )
-
-
-@functools.lru_cache(maxsize=1)
-def environment() -> dict[str, Any]:
-    """Package versions, git commit and host facts recorded in every result."""
-    versions = {}
-    for pkg in ("torch", "torchvision", "open_clip_torch", "mmengine", "numpy"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    repo = REPO_ROOT
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=repo,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", False
-    return {
-        "versions": versions,
-        "git_commit": commit or None,
-        "git_dirty": dirty,
-        "python": platform.python_version(),
-        "host": platform.node(),
-    }
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def adapt_rows_in_test(split) -> np.ndarray | None:
@@ -345,49 +302,6 @@ def _evaluate(spec: RunSpec, adapter, split, model, feature_cache: bool) -> tupl
         arrays.update({f"{part}_{k}": v for k, v in p.items()})
         arrays[f"{part}_label"] = labels
     return arrays, metrics, thresholds, label_free
-
-
-class _Tee:
-    """A text stream that writes to a file as well as to the stream it stands in for."""
-
-    def __init__(self, stream, log):
-        self.stream, self.log = stream, log
-
-    def write(self, text: str) -> int:
-        self.log.write(text)
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.log.flush()
-        self.stream.flush()
-
-    def __getattr__(self, name: str):
-        return getattr(self.stream, name)
-
-
-@contextlib.contextmanager
-def run_log(run_dir: Path) -> Iterator[Any]:
-    """Copy what the run prints (stdout and stderr) into ``run_dir/run.log``, replacing an older one."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOG, "w", encoding="utf-8") as log:
-        saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
-        try:
-            yield log
-        finally:
-            sys.stdout, sys.stderr = saved
-
-
-def _verified_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
-    """Write ``arrays`` to ``path``, reopen it and check every key and length; its SHA-256."""
-    write_npz(path, arrays)
-    with np.load(path) as z:
-        if sorted(z.files) != sorted(arrays):
-            raise OSError(f"{path}: written keys {sorted(z.files)} differ from {sorted(arrays)}")
-        for key, value in arrays.items():
-            if z[key].shape != np.shape(value):
-                raise OSError(f"{path}: {key} reads back with shape {z[key].shape}, wrote {np.shape(value)}")
-    return file_sha256(path)
 
 
 def _compute(
