@@ -3,7 +3,8 @@
 Choices come from the registries, so a method registered in ``methods/`` (or a ``--plugins``
 file) is on the command line without editing this file. A ``--config`` file (mmengine) gives
 the defaults of a whole sweep, flags override it, and ``--dry-run`` lists its runs. Exit status:
-0 when every run is done (or, with ``--dry-run``, planned), 1 when any run failed (or the sweep
+0 when every run is done (or, with ``--dry-run``, planned), 1 when any run failed or was left
+busy in another process (or the sweep
 stopped because no later run could succeed: no space left), 2 on bad arguments (an unusable
 ``--out``, a broken plugin, ``--launcher slurm`` without ``sbatch``), 130 / 143 when stopped by
 SIGINT / SIGTERM. The last stdout line is the machine-readable tally ``N runs: X ran, Y reused
@@ -340,7 +341,15 @@ def _sweep(args: argparse.Namespace, out: Path, report_options: dict, progress: 
             f" (record: {out}/runs/{r['hash']}/result.json)",
             file=sys.stderr,
         )
-    return 1 if failed else 0
+    busy = [r for r in records if r.get("status") == "busy"]
+    for r in busy:
+        s = r["spec"]
+        print(
+            f"  busy: {s['method']} {s['dataset']}/{s['domain']}/{s['setting']} seed {s['seed']} is being computed by "
+            f"another process (lock {out}/runs/{r['hash']}/.lock); rerun once it ends to collect its record",
+            file=sys.stderr,
+        )
+    return 1 if failed or busy else 0
 
 
 def summarize(records: list[dict], out: Path) -> str:

@@ -183,6 +183,8 @@ def test_a_run_locked_by_a_live_process_is_not_started_and_a_killed_holder_frees
         assert other.stdout.readline().strip() == "held"
         rec = execute(spec, tmp_path)
         assert rec["status"] == "busy" and rec["skipped"] and not (run_dir / RESULT).exists()
+        argv = ["--methods", "zero_shot", "--domains", "sketch", "--seeds", "1", "--out", str(tmp_path)]
+        assert main(argv) == 1  # a sweep whose run another process still computes has not finished
     finally:
         other.send_signal(signal.SIGKILL)
         other.wait()
