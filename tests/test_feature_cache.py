@@ -24,7 +24,9 @@ def test_zero_shot_metrics_and_predictions_equal_without_cache(tmp_path: Path):
     cached = {r["spec"]["seed"]: r for r in load_records(tmp_path / "cached")}
     (plain,) = load_records(tmp_path / "plain")
     assert json.dumps(cached[1]["metrics"], sort_keys=True) == json.dumps(plain["metrics"], sort_keys=True)
-    with np.load(Path(cached[1]["_dir"]) / "preds.npz") as a, np.load(Path(plain["_dir"]) / "preds.npz") as b:
+    run_a = tmp_path / "cached" / "runs" / cached[1]["hash"]
+    run_b = tmp_path / "plain" / "runs" / plain["hash"]
+    with np.load(run_a / "preds.npz") as a, np.load(run_b / "preds.npz") as b:
         for key in b.files:
             assert np.array_equal(a[key], b[key]), key
     assert cached[1]["feature_cache"] == {"hits": 0, "misses": 1}

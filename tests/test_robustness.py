@@ -407,9 +407,9 @@ def _no_space(*args, **kwargs):
 
 
 def test_a_full_disk_fails_the_run_and_stops_the_sweep(tmp_path: Path, monkeypatch, capsys):
-    from benchmark.run import runner
+    from benchmark.run import artifacts
 
-    monkeypatch.setattr(runner, "write_npz", _no_space)
+    monkeypatch.setattr(artifacts, "write_npz", _no_space)
     out = tmp_path / "out"
     assert main([*ONE, "--out", str(out)]) == 1
     err = capsys.readouterr().err
@@ -417,7 +417,7 @@ def test_a_full_disk_fails_the_run_and_stops_the_sweep(tmp_path: Path, monkeypat
     assert "No space left on device" in err and "stopping the sweep" in err
     (rec,) = load_records(out)  # the first run's record says why; the second never started
     assert rec["status"] == "failed" and "[Errno 28]" in rec["error"] and rec["spec"]["seed"] == 1
-    assert not (Path(rec["_dir"]) / PREDS).exists()
+    assert not (out / "runs" / rec["hash"] / PREDS).exists()
     _assert_no_partial_records(out, failed=True)
 
 
