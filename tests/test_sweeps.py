@@ -183,13 +183,45 @@ def test_a_run_locked_by_a_live_process_is_not_started_and_a_killed_holder_frees
         assert other.stdout.readline().strip() == "held"
         rec = execute(spec, tmp_path)
         assert rec["status"] == "busy" and rec["skipped"] and not (run_dir / RESULT).exists()
-        argv = ["--methods", "zero_shot", "--domains", "sketch", "--seeds", "1", "--out", str(tmp_path)]
-        assert main(argv) == 1  # a sweep whose run another process still computes has not finished
     finally:
         other.send_signal(signal.SIGKILL)
         other.wait()
     with run_lock(run_dir) as mine:
         assert mine
+
+
+def test_a_sweep_waits_for_a_busy_run_and_computes_it_if_its_holder_dies(tmp_path: Path, capsys):
+    """A run locked by another process is collected at the end of the sweep, never reported done unseen."""
+    import threading
+
+    spec = RunSpec(
+        method="zero_shot",
+        dataset="synthetic",
+        domain="sketch",
+        setting="oda",
+        protocol="ueo",
+        seed=1,
+        model="clipbench-tiny",
+        pretrained="embedded",
+    )
+    run_dir = tmp_path / "runs" / spec.hash
+    run_dir.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir / LOCK)], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "held"
+    codes = []
+    argv = ["--methods", "zero_shot", "--domains", "sketch", "--seeds", "1", "--out", str(tmp_path)]
+    sweep = threading.Thread(target=lambda: codes.append(main(argv)))
+    sweep.start()
+    err, deadline = "", time.monotonic() + 300
+    while "waiting for 1 run(s)" not in err and time.monotonic() < deadline:
+        time.sleep(0.2)
+        err += capsys.readouterr().err
+    assert "waiting for 1 run(s)" in err and sweep.is_alive()  # blocked on the other process's lock
+    other.send_signal(signal.SIGKILL)  # it dies without a record: this sweep computes the run
+    other.wait()
+    sweep.join(300)
+    assert codes == [0]
+    assert json.loads((run_dir / RESULT).read_text())["status"] == "done"
 
 
 def test_two_sweeps_on_one_out_compute_each_run_once(tmp_path: Path):

@@ -112,8 +112,9 @@ def adapt_rows_in_test(split) -> np.ndarray | None:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[bool]:
-    """Hold ``run_dir``'s lock while computing it; yields False when another process holds it.
+def run_lock(run_dir: Path, wait: bool = False) -> Iterator[bool]:
+    """Hold ``run_dir``'s lock while computing it; yields False when another process holds it
+    (with ``wait``, blocks until that process releases it or dies instead).
 
     An advisory ``flock`` on ``<run_dir>/.lock``: two sweeps sharing an ``--out`` (or two array
     tasks) never compute the same run at once, and the kernel drops the lock when its holder
@@ -124,7 +125,7 @@ def run_lock(run_dir: Path) -> Iterator[bool]:
     fd = os.open(run_dir / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
@@ -197,6 +198,7 @@ def execute(
     *,
     profile: bool = False,
     feature_cache: bool = True,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Run ``spec`` unless its record is complete; return the record (``skipped`` says which).
 
@@ -214,7 +216,7 @@ def execute(
     if rec is not None:
         return rec
     try:
-        with run_lock(run_dir) as mine:
+        with run_lock(run_dir, wait=wait) as mine:
             if not mine:
                 return {
                     "spec": spec.as_dict(),
