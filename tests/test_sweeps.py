@@ -192,8 +192,6 @@ def test_a_run_locked_by_a_live_process_is_not_started_and_a_killed_holder_frees
 
 def test_a_sweep_waits_for_a_busy_run_and_computes_it_if_its_holder_dies(tmp_path: Path, capsys):
     """A run locked by another process is collected at the end of the sweep, never reported done unseen."""
-    import threading
-
     spec = RunSpec(
         method="zero_shot",
         dataset="synthetic",
@@ -206,21 +204,30 @@ def test_a_sweep_waits_for_a_busy_run_and_computes_it_if_its_holder_dies(tmp_pat
     )
     run_dir = tmp_path / "runs" / spec.hash
     run_dir.mkdir(parents=True)
-    other = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir / LOCK)], stdout=subprocess.PIPE, text=True)
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD.replace("sleep(60)", "sleep(600)"), str(run_dir / LOCK)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert other.stdout.readline().strip() == "held"
-    codes = []
     argv = ["--methods", "zero_shot", "--domains", "sketch", "--seeds", "1", "--out", str(tmp_path)]
-    sweep = threading.Thread(target=lambda: codes.append(main(argv)))
-    sweep.start()
-    err, deadline = "", time.monotonic() + 300
-    while "waiting for 1 run(s)" not in err and time.monotonic() < deadline:
-        time.sleep(0.2)
-        err += capsys.readouterr().err
-    assert "waiting for 1 run(s)" in err and sweep.is_alive()  # blocked on the other process's lock
+    sweep = subprocess.Popen(
+        [sys.executable, str(REPO / "run_bench.py"), *argv],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    for line in sweep.stderr:  # blocks until the sweep reports that it waits for the other process's lock
+        seen.append(line)
+        if "waiting for 1 run(s)" in line:
+            break
+    assert any("waiting for 1 run(s)" in line for line in seen), "".join(seen)
     other.send_signal(signal.SIGKILL)  # it dies without a record: this sweep computes the run
     other.wait()
-    sweep.join(300)
-    assert codes == [0]
+    sweep.stderr.read()
+    assert sweep.wait(timeout=300) == 0
     assert json.loads((run_dir / RESULT).read_text())["status"] == "done"
 
 

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import random
-import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -316,6 +315,8 @@ def _compute(
         )
         log.flush()
         record = _compute_logged(spec, run_dir, out, data_root, device, profile, feature_cache)
+        if record.get("traceback"):
+            log.write(record["traceback"])
         log.write(
             f"{_now()} {record['status']}"
             f"{': ' + record['error'] if record.get('error') else ''} in {record['timings']['total']:.1f} s\n"
@@ -415,7 +416,6 @@ def _compute_logged(
         )
     except Exception as err:  # a failed run is recorded, never lost; the sweep goes on unless no run could succeed
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-        print(record["traceback"], file=sys.stderr)
         if stops_sweep(err):
             record["stop_sweep"] = record["error"]
     timings["total"] = time.perf_counter() - t_start
