@@ -325,7 +325,6 @@ def _sweep(args: argparse.Namespace, out: Path, report_options: dict, progress: 
     launcher = LAUNCHERS.build(launcher_cfg(args))
     progress["total"] = len(specs)
     records = launcher(specs, out, args.data_root, args.device)
-    records = _collect_busy(records, specs, out, args)
     progress["done"] = len(records)
     redone = [r for r in records if r.get("redone")]
     for r in redone:
@@ -351,23 +350,6 @@ def _sweep(args: argparse.Namespace, out: Path, report_options: dict, progress: 
             file=sys.stderr,
         )
     return 1 if failed or busy else 0
-
-
-def _collect_busy(records: list[dict], specs: list, out: Path, args: argparse.Namespace) -> list[dict]:
-    """Runs another process was computing when this sweep reached them: wait for its lock, then take
-    its record, or compute the run here if that process died without one (never report a success
-    that is not on disk)."""
-    from benchmark.run.runner import execute
-
-    by_hash = {spec.hash: spec for spec in specs}
-    busy = [i for i, r in enumerate(records) if r.get("status") == "busy"]
-    if busy:
-        print(f"waiting for {len(busy)} run(s) another process is computing", file=sys.stderr)
-    for i in busy:
-        records[i] = execute(
-            by_hash[records[i]["hash"]], out, args.data_root, args.device, feature_cache=args.feature_cache, wait=True
-        )
-    return records
 
 
 def summarize(records: list[dict], out: Path) -> str:

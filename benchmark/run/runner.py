@@ -155,8 +155,9 @@ def _discard(run_dir: Path) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
     if not is_complete(run_dir):
-        with contextlib.suppress(OSError):
-            (run_dir / PREDS).unlink(missing_ok=True)
+        for name in (PREDS, LOG):  # predictions and a log without their record are no record
+            with contextlib.suppress(OSError):
+                (run_dir / name).unlink(missing_ok=True)
 
 
 def discard_partial(run_dir: Path) -> None:
