@@ -329,9 +329,13 @@ def _sweep(args: argparse.Namespace, out: Path, report_options: dict, progress: 
     redone = [r for r in records if r.get("redone")]
     for r in redone:
         print(f"recomputed: {r['redone']}", file=sys.stderr)
-    report = write_report(out, **report_options)
-    print((out / "leaderboard.md").read_text())
-    _print_left_out(report.problems)
+    try:
+        report = write_report(out, **report_options)
+    except FileNotFoundError as err:  # no run of this sweep has a record yet (all busy elsewhere, or failed)
+        print(f"no report: {err}", file=sys.stderr)
+    else:
+        print((out / "leaderboard.md").read_text())
+        _print_left_out(report.problems)
     print(summarize(records, out))
     failed = [r for r in records if r.get("status") not in ("done", "busy")]
     for r in failed:

@@ -191,15 +191,17 @@ def test_a_run_locked_by_a_live_process_is_not_started_and_a_killed_holder_frees
 
 
 def test_a_sweep_ending_with_a_run_busy_elsewhere_exits_1_and_names_it(tmp_path: Path, capsys):
-    spec = RunSpec(
-        method="zero_shot",
-        dataset="synthetic",
-        domain="sketch",
-        setting="oda",
-        protocol="ueo",
-        seed=1,
-        model="clipbench-tiny",
-        pretrained="embedded",
+    from benchmark.run.sweep import SweepRequest, build_sweep
+
+    (spec,) = build_sweep(
+        SweepRequest(
+            methods=["zero_shot"],
+            datasets=["synthetic"],
+            seeds=[1],
+            model="clipbench-tiny",
+            pretrained="embedded",
+            domains=["sketch"],
+        )
     )
     run_dir = tmp_path / "runs" / spec.hash
     run_dir.mkdir(parents=True)
