@@ -5,9 +5,11 @@ Recipe (tonyhuang2022/UPL ``configs/trainers/UPLTrainer/rn50_ep50.yaml``, ``trai
 and ``configs/upl_default_config/upl_default.py``, on the pinned Dassl; file and line of every
 value in ``docs/recipes.md``):
 - zero-shot CLIP with the fixed prompt labels the un-augmented adapt set once; for every
-  predicted class its 16 most confident images (by MSP of ``softmax(100 cos)``) are kept;
+  predicted class its 16 most confident images (by MSP of ``softmax(s cos)``) are kept;
 - a 16-token context shared by all classes, initialised N(0, 0.02), class token at the end,
-  is the only trainable tensor; loss = cross-entropy of ``100 cos`` logits on the pseudo-labels;
+  is the only trainable tensor; loss = cross-entropy of ``s cos`` logits on the pseudo-labels;
+  ``s`` is the checkpoint's ``logit_scale.exp()`` (``trainers/upltrainer.py:262, 279``: 100 for
+  OpenAI's CLIP, 76.4 for the embedded model); predictions are reported as ``100 cos``;
 - SGD lr 0.002, momentum 0.9, weight decay 5e-4, batch 32 with the last incomplete batch
   dropped, 50 epochs; the rate is stepped once per epoch: 1e-5 for the warm-up epoch, then
   cosine annealing over 50 epochs; train views: a random resized crop of the whole image
@@ -71,6 +73,8 @@ class PseudoLabel(Adapter):
     name = "pseudo_label"
     official_precision = "fp16_weights"
     """UPL's default ``PREC: fp16``: fp16 CLIP and an fp16 context (upl_train.py:90, upltrainer.py:118)."""
+    logit_scale_rule = "checkpoint"
+    """Training and pseudo-labelling logits ``logit_scale.exp() * cos`` (upltrainer.py:262, 279)."""
     defaults = {
         "epochs": 50,
         "batch_size": 32,
@@ -97,7 +101,7 @@ class PseudoLabel(Adapter):
     choices = {**Adapter.choices, "selection": ("topk", "threshold")}
 
     zero_shot_probs: torch.Tensor | None = None
-    """(N, K) zero-shot ``softmax(100 cos)`` of the un-augmented adapt set (fixed prompts)."""
+    """(N, K) zero-shot ``softmax(s cos)`` of the un-augmented adapt set (fixed prompts; ``s = train_logit_scale``)."""
     selected: torch.Tensor | None = None
     """Indices (into the adapt set, on CPU) of the images the current epoch trains on."""
     labels: torch.Tensor | None = None
@@ -126,12 +130,13 @@ class PseudoLabel(Adapter):
 
     @torch.no_grad()
     def probabilities(self, data: UnlabeledData, text: torch.Tensor) -> torch.Tensor:
-        """(N, K) ``softmax(100 cos)`` of every un-augmented adapt image against ``text`` (float32).
+        """(N, K) ``softmax(s cos)`` of every un-augmented adapt image against ``text`` (float32), ``s``
+        the checkpoint's logit scale (UPL's ``zero_shot_forward``, upltrainer.py:279).
 
         Only the prompt context trains, never the image encoder, so the image features are the
         frozen ones (from the feature cache when the runner attached one).
         """
-        logits = LOGIT_SCALE * frozen_image_features(self.model, data.images) @ text.float().t()
+        logits = self.train_logit_scale * frozen_image_features(self.model, data.images) @ text.float().t()
         return logits.softmax(dim=-1)
 
     def select(self, probs: torch.Tensor) -> None:
@@ -215,6 +220,7 @@ class PseudoLabel(Adapter):
         self.before_adapt(data)
         members = hp["ensemble"]
         generators = [torch.Generator().manual_seed(member_seed(self.seed, m) + 1) for m in range(members)]
+        scale = self.train_logit_scale
         pool = self.view_pool(data) if hp["view_pool"] > 0 and hp["selection"] == "topk" else None
         per_epoch = data.num_batches(hp["batch_size"], self.drop_last(len(self.selected)), len(self.selected))
         total = hp["epochs"] * per_epoch
@@ -233,9 +239,7 @@ class PseudoLabel(Adapter):
                 feats = self.batch_features(data, rows, pool, generators)
                 targets = self.labels[self.selected[rows].to(self.labels.device)]
                 with self.autocast():
-                    logits = LOGIT_SCALE * torch.einsum(
-                        "mbd,mkd->mbk", feats, self.model.text_features_for(self.contexts)
-                    )
+                    logits = scale * torch.einsum("mbd,mkd->mbk", feats, self.model.text_features_for(self.contexts))
                     loss = torch.stack([F.cross_entropy(logits[m].float(), targets[m]) for m in range(members)]).sum()
                 self.step(loss)
                 losses.append(loss.item() / members)
@@ -249,16 +253,19 @@ class PseudoLabel(Adapter):
             self.model.prompt.ctx.copy_(self.contexts[0])
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cross-entropy of the ``100 cos`` logits of the first member's prompt against the pseudo-labels."""
+        """Cross-entropy of the ``s cos`` logits (``s = train_logit_scale``) of the first member's prompt against the pseudo-labels."""
         if self.labels is None:
             raise RuntimeError("pseudo_label: pseudo-labels are selected in before_adapt(); call adapt()")
         text = self.model.text_features_for(self.contexts[:1])[0]
-        logits = LOGIT_SCALE * self.model.image_features(batch["images"]) @ text.t()
+        logits = self.train_logit_scale * self.model.image_features(batch["images"]) @ text.t()
         return F.cross_entropy(logits.float(), self.labels[batch["index"]])
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits averaged over the members' contexts: ``mean_m 100 cos(f, t_m) = 100 f . mean_m t_m``."""
+        """Logits averaged over the members' contexts: ``mean_m 100 cos(f, t_m) = 100 f . mean_m t_m``.
+
+        UPL averages ``s cos`` (upl_test.py:148-161); the argmax is the same, and the harness reports
+        every method's logits as ``100 cos`` (the OOD scores read them so)."""
         if self.member_text is None:
             return super().predict(images)
         return (LOGIT_SCALE * self.model.image_features(images) @ self.member_text.mean(dim=0).t()).float()

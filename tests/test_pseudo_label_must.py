@@ -172,6 +172,29 @@ def test_pseudo_label_selects_topk_steps_and_resets():
     assert adapter.member_text is None and torch.equal(adapter.contexts, adapter._initial_contexts)
 
 
+def test_pseudo_label_scales_its_training_logits_by_the_checkpoint():
+    """UPL's logits are ``logit_scale.exp() * cos`` (upltrainer.py:262 training, :279 pseudo-labels):
+    the zero-shot probabilities and the loss use it (1/0.07 for this random model), predictions stay ``100 cos``."""
+    model = make_classifier("vit")
+    data = make_data(model, 8)
+    adapter = get_method("pseudo_label")(model, {"epochs": 1, "batch_size": 8, "drop_last": False, "num_per_class": 1})
+    scale = model.clip.logit_scale.exp().item()
+    assert adapter.train_logit_scale == pytest.approx(scale) and scale == pytest.approx(1 / 0.07, rel=1e-5)
+    assert adapter.describe()["logit_scale"] == {"rule": "checkpoint", "value": round(scale, 4)}
+    fixed = model.class_embeddings(model.templates)
+    cos = model.image_features(data.images.float() / 255) @ fixed.t()
+    assert torch.allclose(adapter.probabilities(data, fixed), (scale * cos).softmax(-1), atol=1e-5)
+    adapter.before_adapt(data)
+    batch = {"images": data.images[:4].float() / 255, "index": torch.arange(4)}
+    adapter.labels = torch.zeros(8, dtype=torch.long)
+    text = model.text_features_for(adapter.contexts[:1])[0]
+    expected = F.cross_entropy(scale * model.image_features(batch["images"]) @ text.t(), adapter.labels[:4])
+    assert adapter.loss(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(adapter.predict(batch["images"]), 100 * model.cosine(batch["images"]), atol=1e-4)  # registry scale
+    assert get_method("ueo").logit_scale_rule == "fixed100" and get_method("must").logit_scale_rule == "fixed100"
+    assert get_method("infomax").logit_scale_rule == "fixed100"
+
+
 def test_pseudo_label_threshold_variant_refreshes_after_warmup():
     model = make_classifier("vit")
     data = make_data(model, 12)

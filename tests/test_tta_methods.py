@@ -67,15 +67,20 @@ def test_tpt_episodes_are_independent_of_how_images_are_batched():
 
 
 def test_tpt_single_image_reference_step():
-    """One image, 4 views: the tuned prediction equals a by-hand AdamW step on the shared context."""
+    """One image, 4 views: the tuned prediction equals a by-hand AdamW step on the shared context,
+    with the training logits scaled by the checkpoint's ``logit_scale.exp()`` (TPT's
+    custom_clip.py:284, 317; 1/0.07 for this random model) and the prediction reported as ``100 cos``."""
     model = make_classifier("vit")
     tpt = get_method("tpt")(model, {"views": 4, "batch_size": 1, "selection": 0.5}, seed=0)
+    scale = model.clip.logit_scale.exp().item()
+    assert tpt.train_logit_scale == pytest.approx(scale) and scale == pytest.approx(1 / 0.07, rel=1e-5)
+    assert tpt.describe()["logit_scale"] == {"rule": "checkpoint", "value": round(scale, 4)}
     data = full_data(model, 1)
     batch = next(data.batches(1, views=tpt.stream_views()))
     feats = tpt.view_features(batch)
     ctx = model.prompt.ctx.detach().clone().requires_grad_(True)
     opt = torch.optim.AdamW([ctx], lr=5e-3, weight_decay=0.01)
-    logits = 100 * feats[0] @ model.text_features_for(ctx.unsqueeze(0))[0].t()
+    logits = scale * feats[0] @ model.text_features_for(ctx.unsqueeze(0))[0].t()
     keep = confident_views(logits.unsqueeze(0).detach(), 0.5)[0]
     marginal_entropy(logits[keep].unsqueeze(0)).sum().backward()
     opt.step()
@@ -311,12 +316,57 @@ def test_rosita_predicts_each_image_after_its_own_update_however_images_are_chun
 
 
 def test_tpt_loss_scaling_skips_only_the_overflowing_image():
-    """TPT's fp16 step (a loss scale kept along the stream): an image whose gradient overflows keeps its
-    context and halves the scale; the others step."""
+    """TPT's fp16 step (a loss scale kept along the stream): an image whose gradient overflows keeps
+    its context and halves the scale; the others step."""
     tpt = get_method("tpt")(make_classifier("vit"), {}, seed=0)
-    ctx = torch.zeros(2, 3, 4, requires_grad=True)
-    optimizer = torch.optim.AdamW([ctx], lr=0.1)
+    ctx = [torch.zeros(3, 4, requires_grad=True) for _ in range(2)]
+    optimizer = torch.optim.AdamW(ctx, lr=0.1)
     loss = torch.stack([(ctx[0] * 1e38).sum(), ctx[1].sum()])
-    tpt.scaled_step(loss, ctx, optimizer)
+    stepped = tpt.loss_scale.step(loss, ctx, optimizer)
+    assert stepped.tolist() == [False, True]
     assert torch.equal(ctx[0], torch.zeros(3, 4)) and not torch.equal(ctx[1], torch.zeros(3, 4))
-    assert tpt.loss_scale == 500.0 and tpt.finite_images == 0
+    assert tpt.loss_scale.scale == 500.0 and tpt.loss_scale.finite_images == 0
+
+
+def test_tpt_overflowing_image_leaves_its_adamw_state_untouched():
+    """``scaler.step`` skips ``optimizer.step()`` for an overflowing image (tpt_classification.py:79):
+    no moment, step-count or weight-decay update. Its next step is then AdamW's first step, while the
+    image that stepped takes its second."""
+    tpt = get_method("tpt")(make_classifier("vit"), {}, seed=0)
+    ctx = [torch.ones(3, 4, requires_grad=True) for _ in range(2)]
+    optimizer = torch.optim.AdamW(ctx, lr=0.1, weight_decay=0.01)
+    tpt.loss_scale.step(torch.stack([(ctx[0] * 1e38).sum(), ctx[1].sum()]), ctx, optimizer)
+    assert ctx[0] not in optimizer.state and int(optimizer.state[ctx[1]]["step"]) == 1
+    assert torch.equal(ctx[0].detach(), torch.ones(3, 4))
+    optimizer.zero_grad(set_to_none=True)
+    tpt.loss_scale.step(torch.stack([(2 * ctx[0]).sum(), ctx[1].sum()]), ctx, optimizer)
+    assert int(optimizer.state[ctx[0]]["step"]) == 1 and int(optimizer.state[ctx[1]]["step"]) == 2
+    fresh = torch.ones(3, 4, requires_grad=True)  # what the official code does with that image's second step
+    reference = torch.optim.AdamW([fresh], lr=0.1, weight_decay=0.01)
+    (2 * fresh).sum().backward()
+    reference.step()
+    assert torch.allclose(ctx[0].detach(), fresh.detach(), atol=1e-7)
+
+
+def test_tpt_two_steps_after_an_overflow_equal_one_clean_step():
+    """With ``steps=2`` an image whose first step overflows ends where one clean step takes it (the old
+    zero-gradient step advanced AdamW's step count and shrank the second update to 0.74 lr)."""
+    model = make_classifier("vit")
+    data = full_data(model, 2)
+    tpt = get_method("tpt")(model, {"views": 4, "selection": 0.5, "steps": 2}, seed=0)
+    tpt.scaler = True  # route through the fp16 loss-scaled step on CPU
+    calls = []
+
+    def overflow_first_image_once(text):
+        calls.append(1)
+        factor = torch.tensor([1e38 if len(calls) == 1 else 0.0, 0.0])
+        return factor * text[:, 0, 0]
+
+    tpt.regulariser = overflow_first_image_once
+    batch = next(data.batches(2, views=tpt.stream_views()))
+    feats = tpt.view_features(batch)
+    two = tpt.tune(feats)
+    assert len(calls) == 2 and tpt.loss_scale.scale == 500.0
+    one = get_method("tpt")(make_classifier("vit"), {"views": 4, "selection": 0.5, "steps": 1}, seed=0).tune(feats)
+    assert torch.allclose(two[0], one[0], atol=1e-6)
+    assert not torch.allclose(two[1], one[1], atol=1e-6)  # the other image took two steps

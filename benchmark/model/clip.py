@@ -279,6 +279,20 @@ class ClipClassifier(nn.Module):
         return self.prompt.ctx
 
     @property
+    def checkpoint_logit_scale(self) -> float:
+        """The weights' own ``logit_scale.exp()``: 100 for OpenAI's CLIP (its trained scale sits at the
+        clamp), 76.4 for the embedded ``clipbench-tiny``, 1/0.07 for a randomly initialised model.
+
+        What TPT, C-TPT, TPS and UPL scale their training logits by (their code reads the
+        checkpoint, e.g. azshue/TPT ``clip/custom_clip.py:284, 317``); UEO, InfoMax and MUST write a
+        fixed 100 (:data:`LOGIT_SCALE`). Every method's predicted logits stay ``100 * cos``.
+        """
+        scale = getattr(self.clip, "logit_scale", None)
+        if scale is None:
+            return LOGIT_SCALE
+        return float(scale.detach().float().exp())
+
+    @property
     def input_dtype(self) -> torch.dtype:
         """What images are cast to before the image encoder (float16 for ``fp16_weights``)."""
         return weights_dtype(self.visual)
