@@ -21,6 +21,7 @@ TPT's ImageNet-variant setting: ``scripts/test_tpt_ctpt_ds.sh`` sets lambda = 20
 the fine-grained script (ImageNet and 10 fine-grained sets) uses lambda 50
 (``test_tpt_ctpt_fg.sh:10``).
 """
+
 from __future__ import annotations
 
 import torch

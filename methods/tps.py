@@ -21,6 +21,7 @@ ImageNet template embeddings) is ``shift_text_per_class_mean_init_template.sh``.
 example averages that with the mean embedding of GPT-4 class descriptors
 (``gpt4_descriptors/*.json``), which exist only for TPS's own data sets; not reproduced.
 """
+
 from __future__ import annotations
 
 import torch

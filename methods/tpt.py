@@ -13,6 +13,7 @@ The loop, the per-image AdamW and the fp16 loss scale live in ``benchmark/adapt/
 (shared with C-TPT and TPS): ``batch_size`` test images are tuned at once, each with its own
 context and optimiser state, which equals tuning them one after the other.
 """
+
 from __future__ import annotations
 
 from benchmark.adapt.episodic import PromptTuning

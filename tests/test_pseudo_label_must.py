@@ -190,7 +190,8 @@ def test_pseudo_label_scales_its_training_logits_by_the_checkpoint():
     text = model.text_features_for(adapter.contexts[:1])[0]
     expected = F.cross_entropy(scale * model.image_features(batch["images"]) @ text.t(), adapter.labels[:4])
     assert adapter.loss(batch).item() == pytest.approx(expected.item(), rel=1e-5)
-    assert torch.allclose(adapter.predict(batch["images"]), 100 * model.cosine(batch["images"]), atol=1e-4)  # registry scale
+    predicted = adapter.predict(batch["images"])
+    assert torch.allclose(predicted, 100 * model.cosine(batch["images"]), atol=1e-4)  # the scores' scale
     assert get_method("ueo").logit_scale_rule == "fixed100" and get_method("must").logit_scale_rule == "fixed100"
     assert get_method("infomax").logit_scale_rule == "fixed100"
 

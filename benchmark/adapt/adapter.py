@@ -36,7 +36,7 @@ from benchmark.adapt.hparams import BASE_RANGES, HyperParameterError, Rule, chec
 from benchmark.adapt.profiling import NULL_PROFILER, NullProfiler
 from benchmark.adapt.unlabeled import UnlabeledData
 from benchmark.model import precision as prec
-from benchmark.model.clip import LOGIT_SCALE, ClipClassifier
+from benchmark.model.clip import ClipClassifier
 
 REGIMES = ("transductive", "online", "episodic", "none")
 
@@ -83,11 +83,8 @@ class Adapter:
         requires_vit: the method needs patch tokens.
         regimes: the regimes the method supports, its default first.
         official_precision: what its official code runs in (``fp32``, ``fp16``, ``fp16_weights``).
-        logit_scale_rule: what its official code multiplies the cosines of its training logits by:
-            ``fixed100`` (a written 100: UEO, InfoMax, MUST) or ``checkpoint`` (the weights'
-            ``logit_scale.exp()``: TPT, UPL; 100 for OpenAI's CLIP, 76.4 for the embedded model).
-            It sets the scale of losses, view selection and pseudo-label confidences; predicted
-            logits are ``100 * cos`` either way (the OOD scores read them so).
+        logit_scale_rule: the scale of its training logits in its official code, ``fixed100`` (UEO,
+            MUST) or ``checkpoint`` (TPT, UPL: ``logit_scale.exp()``); predictions stay ``100 cos``.
         choices: allowed values of string hyper-parameters, for validation.
         ranges: numeric domains ``(low, high)`` of its own hyper-parameters (``BASE_RANGES`` covers the loop's).
     """
@@ -352,12 +349,8 @@ class Adapter:
 
     @property
     def train_logit_scale(self) -> float:
-        """The scale of the training logits under ``logit_scale_rule``: 100, or the checkpoint's ``logit_scale.exp()``."""
-        if self.logit_scale_rule == "checkpoint":
-            return self.model.checkpoint_logit_scale
-        if self.logit_scale_rule == "fixed100":
-            return LOGIT_SCALE
-        raise ValueError(f"{self.name}: unknown logit_scale_rule {self.logit_scale_rule!r} (fixed100 or checkpoint)")
+        """The scale of the training logits under ``logit_scale_rule`` (``ClipClassifier.logit_scale``)."""
+        return self.model.logit_scale(self.logit_scale_rule)
 
     def autocast(self):
         """Autocast for ``bf16``/``fp16`` precision; a no-op context otherwise."""
@@ -499,8 +492,7 @@ class Adapter:
             self.optimizer.load_state_dict(self._initial_state["optimizer"])
 
     def describe(self) -> dict[str, Any]:
-        """What the record says about how this run computed beyond its hyper-parameters: the training
-        logits' scale (``logit_scale_rule`` and its value) and the views."""
+        """What the record says about how this run computed beyond its hyper-parameters (logit scale, views)."""
         return {
             "logit_scale": {"rule": self.logit_scale_rule, "value": round(self.train_logit_scale, 4)},
             "views": {k: v.describe() for k, v in self.views().items()} if self.trains else {},

@@ -23,6 +23,7 @@ the images one after the other.
   text features (``class_text``), and may add a per-image ``regulariser``.
 - :class:`PromptTuning`: TPT's tuned tensor, a 4-token CoOp context (TPT, C-TPT).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -73,7 +74,7 @@ class StreamLossScale:
             finite.append(ok)
         optimizer.step()
         overflows = finite.count(False)
-        self.scale *= 0.5 ** overflows
+        self.scale *= 0.5**overflows
         self.finite_images = 0 if overflows else self.finite_images + len(params)
         if self.finite_images >= GROWTH_INTERVAL:
             self.scale, self.finite_images = self.scale * 2, 0
@@ -138,8 +139,12 @@ class EpisodicTuning(Adapter):
     def view_augment(self) -> Augment:
         """The augmented views: a random resized crop + flip of the whole image, AugMix on top if ``augmix``."""
         hp = self.hp
-        return Augment("augmix" if hp["augmix"] else "rrc", scale=tuple(hp["crop_scale"]),
-                       interpolation=hp["interpolation"], mean=self.model.mean.flatten().tolist())
+        return Augment(
+            "augmix" if hp["augmix"] else "rrc",
+            scale=tuple(hp["crop_scale"]),
+            interpolation=hp["interpolation"],
+            mean=self.model.mean.flatten().tolist(),
+        )
 
     def views(self) -> dict[str, Augment]:
         return {"images": self.view_augment()}

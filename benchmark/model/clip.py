@@ -292,6 +292,15 @@ class ClipClassifier(nn.Module):
             return LOGIT_SCALE
         return float(scale.detach().float().exp())
 
+    def logit_scale(self, rule: str) -> float:
+        """The training logits' scale under a method's ``logit_scale_rule``: ``fixed100`` (:data:`LOGIT_SCALE`)
+        or ``checkpoint`` (:attr:`checkpoint_logit_scale`)."""
+        if rule == "checkpoint":
+            return self.checkpoint_logit_scale
+        if rule == "fixed100":
+            return LOGIT_SCALE
+        raise ValueError(f"unknown logit scale rule {rule!r}; known: fixed100, checkpoint")
+
     @property
     def input_dtype(self) -> torch.dtype:
         """What images are cast to before the image encoder (float16 for ``fp16_weights``)."""
