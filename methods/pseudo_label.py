@@ -220,7 +220,6 @@ class PseudoLabel(Adapter):
         self.before_adapt(data)
         members = hp["ensemble"]
         generators = [torch.Generator().manual_seed(member_seed(self.seed, m) + 1) for m in range(members)]
-        scale = self.train_logit_scale
         pool = self.view_pool(data) if hp["view_pool"] > 0 and hp["selection"] == "topk" else None
         per_epoch = data.num_batches(hp["batch_size"], self.drop_last(len(self.selected)), len(self.selected))
         total = hp["epochs"] * per_epoch
@@ -236,11 +235,9 @@ class PseudoLabel(Adapter):
                 rows = orders[:, b * hp["batch_size"] : (b + 1) * hp["batch_size"]]
                 step = epoch * per_epoch + min(b, max(per_epoch - 1, 0))
                 self.set_lr(step, hp["epochs"] * per_epoch, hp["warmup_epochs"] * per_epoch)
-                feats = self.batch_features(data, rows, pool, generators)
-                targets = self.labels[self.selected[rows].to(self.labels.device)]
+                batch = {"features": self.batch_features(data, rows, pool, generators), "index": self.selected[rows]}
                 with self.autocast():
-                    logits = scale * torch.einsum("mbd,mkd->mbk", feats, self.model.text_features_for(self.contexts))
-                    loss = torch.stack([F.cross_entropy(logits[m].float(), targets[m]) for m in range(members)]).sum()
+                    loss = self.loss(batch)
                 self.step(loss)
                 losses.append(loss.item() / members)
                 it += 1
@@ -253,12 +250,19 @@ class PseudoLabel(Adapter):
             self.model.prompt.ctx.copy_(self.contexts[0])
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cross-entropy of the ``s cos`` logits (``s = train_logit_scale``) of the first member's prompt against the pseudo-labels."""
+        """Sum over the M members of each member's mean cross-entropy of ``s cos`` logits against the
+        pseudo-labels: ``sum_m mean_b CE(s f_mb . t_m(ctx_m), y_mb)``, ``s = train_logit_scale``.
+
+        ``batch``: ``features`` (M, B, D), the frozen image features of each member's batch, and
+        ``index`` (M, B), their positions in the adapt set. Each member's context gets only its
+        own batch's gradient, so one step on the sum is M independent SGD steps.
+        """
         if self.labels is None:
             raise RuntimeError("pseudo_label: pseudo-labels are selected in before_adapt(); call adapt()")
-        text = self.model.text_features_for(self.contexts[:1])[0]
-        logits = self.train_logit_scale * self.model.image_features(batch["images"]) @ text.t()
-        return F.cross_entropy(logits.float(), self.labels[batch["index"]])
+        targets = self.labels[batch["index"].to(self.labels.device)]
+        text = self.model.text_features_for(self.contexts)
+        logits = self.train_logit_scale * torch.einsum("mbd,mkd->mbk", batch["features"], text)
+        return torch.stack([F.cross_entropy(logits[m].float(), targets[m]) for m in range(len(logits))]).sum()
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

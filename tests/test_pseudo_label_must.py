@@ -185,13 +185,14 @@ def test_pseudo_label_scales_its_training_logits_by_the_checkpoint():
     cos = model.image_features(data.images.float() / 255) @ fixed.t()
     assert torch.allclose(adapter.probabilities(data, fixed), (scale * cos).softmax(-1), atol=1e-5)
     adapter.before_adapt(data)
-    batch = {"images": data.images[:4].float() / 255, "index": torch.arange(4)}
+    images = data.images[:4].float() / 255
+    batch = {"features": model.image_features(images)[None], "index": torch.arange(4)[None]}
     adapter.labels = torch.zeros(8, dtype=torch.long)
     text = model.text_features_for(adapter.contexts[:1])[0]
-    expected = F.cross_entropy(scale * model.image_features(batch["images"]) @ text.t(), adapter.labels[:4])
+    expected = F.cross_entropy(scale * model.image_features(images) @ text.t(), adapter.labels[:4])
     assert adapter.loss(batch).item() == pytest.approx(expected.item(), rel=1e-5)
-    predicted = adapter.predict(batch["images"])
-    assert torch.allclose(predicted, 100 * model.cosine(batch["images"]), atol=1e-4)  # the scores' scale
+    predicted = adapter.predict(images)
+    assert torch.allclose(predicted, 100 * model.cosine(images), atol=1e-4)  # the scores' scale
     assert get_method("ueo").logit_scale_rule == "fixed100" and get_method("must").logit_scale_rule == "fixed100"
     assert get_method("infomax").logit_scale_rule == "fixed100"
 
