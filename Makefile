@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 bench: $(STAMP)
-	$(PY) run_bench.py $(ARGS)
+	$(PY) run_bench.py --launcher local --workers 2 $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)

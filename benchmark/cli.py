@@ -333,6 +333,9 @@ def _sweep(args: argparse.Namespace, out: Path, report_options: dict, progress: 
         report = write_report(out, **report_options)
     except FileNotFoundError as err:  # no run of this sweep has a record yet (all busy elsewhere, or failed)
         print(f"no report: {err}", file=sys.stderr)
+    except ValueError as err:  # the records are kept; the tables cannot be built with these options
+        print(summarize(records, out))
+        raise UsageError(f"no report: {err}; the records are kept (rebuild with --report-only)") from err
     else:
         print((out / "leaderboard.md").read_text())
         _print_left_out(report.problems)

@@ -119,6 +119,9 @@ def test_validation_domain_needs_its_runs_and_lodo_without_a_validation_domain()
     targets_only = [(d, r) for d, r in records() if r["spec"]["domain"] != "fog"]
     with pytest.raises(SelectionError, match="--selection validation_domain"):
         select(targets_only, "validation_domain")
+    fog_only = [(d, r) for d, r in records() if r["spec"]["domain"] == "fog"]
+    with pytest.raises(SelectionError, match="no run on a target domain"):
+        select(fog_only, "validation_domain")
     other = stored([record(p, d, s, dataset="office_home") for p in LR for d in ("photo", "sketch") for s in (1, 2)])
     kept, sel = select(other, "validation_domain")
     # leave-one-domain-out: photo is judged on sketch (a: 55 > b: 50), sketch on photo (b: 70 > a: 60)

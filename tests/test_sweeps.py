@@ -348,3 +348,13 @@ def test_config_with_an_unknown_key_is_a_usage_error(tmp_path: Path, capsys):
     cfg.write_text("methods = ['zero_shot', 'nope']\n")
     assert main(["--config", str(cfg), "--dry-run"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_a_report_that_cannot_be_built_exits_2_and_keeps_the_records(tmp_path: Path, capsys):
+    """Only the validation domain run, with ``--selection validation_domain``: nothing to select
+    for. The sweep's records stay, the error says why and how to rebuild, no traceback."""
+    args = ["--datasets", "synthetic", "--domains", "fog", "--methods", "zero_shot", "--seeds", "1"]
+    assert main([*args, "--out", str(tmp_path), "--selection", "validation_domain"]) == 2
+    err = capsys.readouterr().err
+    assert "no run on a target domain" in err and "--report-only" in err and "Traceback" not in err
+    assert [r["status"] for r in load_records(tmp_path)] == ["done"]

@@ -204,9 +204,14 @@ def select(
             val_recs = [r for _, r in parts["val"]]
             cands = {p: [r for r in done(val_recs) if _point(r) == p] for p in eligible}
             if not any(cands.values()):
+                hint = (
+                    "it has no run on a target domain to select for: run the target domains too (--domains)"
+                    if not domains
+                    else "rerun the sweep with --selection validation_domain (it adds them)"
+                )
                 raise SelectionError(
                     f"selection validation_domain needs runs of {method} on the validation domain(s) "
-                    f"{', '.join(vdoms)} of {dataset}: rerun the sweep with --selection validation_domain (it adds them)"
+                    f"{', '.join(vdoms)} of {dataset} besides its targets: {hint}"
                 )
             best = _require(_best(cands, crit, score, higher, sel.skipped, where), group, crit, "its validation runs")
             picks = {d: best[0] for d in domains}

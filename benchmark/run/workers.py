@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -66,8 +67,12 @@ def _serve(conn, plugins: list[str], threads: int) -> None:
     init_error = None
     try:  # share the CPU cores fairly; register plugin methods
         import torch
+        from tqdm import tqdm
 
         torch.set_num_threads(threads)
+        # A thread lock for the progress bars: tqdm's default one holds a multiprocessing
+        # semaphore, which the worker's os._exit leaves for the resource tracker to warn about.
+        tqdm.set_lock(threading.RLock())
         load_plugins(plugins)
     except Exception as err:  # reported with every run it is sent, never a silent hang
         init_error = f"{type(err).__name__}: {err}"
