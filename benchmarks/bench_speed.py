@@ -1,4 +1,4 @@
-"""How long the embedded benchmark takes: the default run and zero-shot alone, several times each.
+"""How long the embedded benchmark takes: ``make bench``'s run and zero-shot alone, several times each.
 
     python benchmarks/bench_speed.py [--repeats 3] [--only default|zero_shot]
 
@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmark.core.records import load_records  # noqa: E402
 
-COMMANDS = {"default": [], "zero_shot": ["--methods", "zero_shot"]}
+COMMANDS = {"default": ["--launcher", "local", "--workers", "2"], "zero_shot": ["--methods", "zero_shot"]}
+"""``default`` is what ``make bench`` runs (every method, two local workers); ``zero_shot`` runs inline."""
 
 
 def timed_run(extra: list[str]) -> tuple[float, list[dict]]:

@@ -107,8 +107,12 @@ def main() -> int:
     options = [f"{m}.views={args.views}" for m in family if "views" in get_method(m).hparam_defaults()]
     options += [o for o in args.cfg_options if o.split(".")[0] in family]
     common = ["--seeds", *args.seeds, *args.extra]
-    if options:
-        common += ["--cfg-options", *options]
+
+    def sweep(methods: list[str]) -> list[str]:
+        """``--methods`` and the options of those methods (the command line refuses the others')."""
+        mine = [o for o in options if o.split(".")[0] in methods]
+        return ["--methods", *methods, *common, *(["--cfg-options", *mine] if mine else [])]
+
     print(f"family: {' '.join(family)}" + (f" (not registered here, left out: {' '.join(missing)})" if missing else ""))
     print(
         f"views: {args.views}; seeds: {' '.join(args.seeds)}; repeats: {args.repeats}; "
@@ -123,13 +127,13 @@ def main() -> int:
             plans.append(("family, no cache", family, {"no_cache": True}))
         for name, methods, opts in plans:
             extra = ["--no-feature-cache"] if opts.get("no_cache") else []
-            wall, cpu, records = timed_run(["--methods", *methods, *common, *extra])
+            wall, cpu, records = timed_run([*sweep(methods), *extra])
             rows[name].append((wall, cpu))
             details[name] = summary(records)
             print(f"repeat {r + 1} {name}: {wall:.1f} s wall, {cpu:.1f} s CPU, {len(records)} runs", flush=True)
         with tempfile.TemporaryDirectory() as feats:  # warm disk: one process fills, another reads
-            timed_run(["--methods", *family, *common], env={"CLIPBENCH_FEATURES": feats})
-            wall, cpu, records = timed_run(["--methods", *family, *common], env={"CLIPBENCH_FEATURES": feats})
+            timed_run(sweep(family), env={"CLIPBENCH_FEATURES": feats})
+            wall, cpu, records = timed_run(sweep(family), env={"CLIPBENCH_FEATURES": feats})
             rows["family, warm disk"].append((wall, cpu))
             details["family, warm disk"] = summary(records)
             print(
