@@ -25,16 +25,16 @@ from __future__ import annotations
 import torch
 
 from benchmark.adapt.adapter import Adapter
-from benchmark.adapt.augment import Augment
 from benchmark.adapt.caches import ClassCache, TDACaches, confident_statistics
 from benchmark.adapt.losses import softmax_entropy
-from benchmark.adapt.views import confident_views, view_features
+from benchmark.adapt.view_method import ViewMethod
+from benchmark.adapt.views import confident_views
 from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
 
 
 @register_method
-class BoostAdapter(Adapter):
+class BoostAdapter(ViewMethod):
     """TDA's positive and negative caches; each image's boosting samples join a copy of the positive one.
 
     Defaults: BoostAdapter's ImageNet-A configuration (``configs/imagenet_a.yaml``: positive alpha 2,
@@ -93,19 +93,6 @@ class BoostAdapter(Adapter):
     def negative(self) -> ClassCache:
         return self.caches.negative
 
-    @property
-    def needs_full(self) -> bool:
-        return self.hp["views"] > 1
-
-    def view_augment(self) -> Augment:
-        """A random resized crop + flip of the whole image (TPT's views with the default scale and interpolation)."""
-        return Augment(
-            "rrc",
-            scale=tuple(self.hp["crop_scale"]),
-            interpolation=self.hp["interpolation"],
-            mean=self.model.mean.flatten().tolist(),
-        )
-
     def describe(self) -> dict:
         return {**super().describe(), "views": {"images": self.view_augment().describe(), "count": self.hp["views"]}}
 
@@ -132,7 +119,7 @@ class BoostAdapter(Adapter):
     def stream_step(self, batch: dict) -> torch.Tensor:
         """Per image in order: offer it to the caches, build its boosted copy, return ``z + A_pos - A_neg``."""
         k = self.model.num_classes
-        feats = view_features(self.model, batch, self.hp["views"], self.view_augment(), self.view_seed)
+        feats = self.view_features(batch)  # TPT's views: crop + flip of the whole image
         logits = LOGIT_SCALE * feats @ self.model.text_features().t()
         keep = confident_views(logits, self.hp["selection"])
         out = []

@@ -44,9 +44,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from benchmark.adapt.adapter import Adapter
-from benchmark.adapt.augment import Augment
-from benchmark.adapt.views import view_features
+from benchmark.adapt.view_method import ViewMethod
 from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
 
@@ -110,7 +108,7 @@ def mix_logits(text_logits: torch.Tensor, memory_logits: torch.Tensor, beta2: fl
 
 
 @register_method
-class DMN(Adapter):
+class DMN(ViewMethod):
     """DMN-ZS: the original view classified by its text logits mixed with an attention read of a
     per-class memory of earlier test features.
 
@@ -149,19 +147,6 @@ class DMN(Adapter):
         super().reset()
         self.memory = None
 
-    @property
-    def needs_full(self) -> bool:
-        return self.hp["views"] > 1
-
-    def view_augment(self) -> Augment:
-        """A random resized crop (area 0.5-1) + flip of the whole image (DMN's ``get_preaugment``)."""
-        return Augment(
-            "rrc",
-            scale=tuple(self.hp["crop_scale"]),
-            interpolation=self.hp["interpolation"],
-            mean=self.model.mean.flatten().tolist(),
-        )
-
     def describe(self) -> dict:
         return {**super().describe(), "views": {"images": self.view_augment().describe(), "count": self.hp["views"]}}
 
@@ -175,7 +160,7 @@ class DMN(Adapter):
         """Per image in order: write its original view under its pseudo-label, read the memory, mix."""
         hp = self.hp
         text = self.model.text_features().float()
-        feats = view_features(self.model, batch, hp["views"], self.view_augment(), self.view_seed)
+        feats = self.view_features(batch)  # DMN's get_preaugment: crop (area 0.5-1) + flip of the whole image
         logits = LOGIT_SCALE * feats @ text.t()
         if self.memory is None:
             self.memory = DynamicMemory(text.shape[0], hp["memory_size"], text.shape[1], text.device)

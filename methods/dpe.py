@@ -42,7 +42,8 @@ import torch.nn.functional as F
 
 from benchmark.adapt.adapter import Adapter, NonFiniteLoss
 from benchmark.adapt.augment import Augment
-from benchmark.adapt.views import confident_views, marginal_entropy, view_features
+from benchmark.adapt.view_method import ViewMethod
+from benchmark.adapt.views import confident_views, marginal_entropy
 from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
 
@@ -183,7 +184,7 @@ class PrototypeQueues:
 
 
 @register_method
-class DPE(Adapter):
+class DPE(ViewMethod):
     """Evolving textual and visual prototypes with per-image residuals trained by one AdamW step.
 
     Defaults: DPE's ImageNet configuration (``configs/imagenet.yaml``: alpha 6, beta 5, lr 6e-4
@@ -249,29 +250,12 @@ class DPE(Adapter):
 
     # ---- views -----------------------------------------------------------------------------------
 
-    def view_augment(self) -> Augment:
-        hp = self.hp
-        return Augment(
-            "augmix" if hp["augmix"] else "rrc",
-            scale=tuple(hp["crop_scale"]),
-            interpolation=hp["interpolation"],
-            mean=self.model.mean.flatten().tolist(),
-        )
-
     def views(self) -> dict[str, Augment]:
         """The views each image adapts on, as recorded: the augmented ones (none with ``views=1``)."""
         return {"images": self.view_augment() if self.hp["views"] > 1 else Augment("none")}
 
     def stream_views(self) -> dict[str, Augment]:
         return {"images": Augment("none")}
-
-    @property
-    def needs_full(self) -> bool:
-        return self.hp["views"] > 1
-
-    def view_features(self, batch: dict) -> torch.Tensor:
-        """(B, V, D) features of every image's original view and ``views - 1`` augmented views."""
-        return view_features(self.model, batch, self.hp["views"], self.view_augment(), self.view_seed)
 
     # ---- one image -----------------------------------------------------------------------------------
 

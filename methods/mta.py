@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.adapt.adapter import Adapter
-from benchmark.adapt.augment import Augment
-from benchmark.adapt.views import checkpoint_logit_scale, view_features
+from benchmark.adapt.view_method import ViewMethod
+from benchmark.adapt.views import checkpoint_logit_scale
 from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
 
@@ -98,7 +97,7 @@ def mta_modes(
 
 
 @register_method
-class MTA(Adapter):
+class MTA(ViewMethod):
     """MeanShift over each test image's augmented views, weighted by inlierness scores; nothing is trained.
 
     Hyper-parameters: ``views`` (64: the original and 63 augmented), ``lambda_y`` (0.2: the
@@ -129,23 +128,10 @@ class MTA(Adapter):
             raise ValueError("mta needs views >= 5 (int(0.3 (views - 1)) >= 1 neighbours) and lambda_y > 0")
         return []
 
-    @property
-    def needs_full(self) -> bool:
-        return True
-
-    def view_augment(self) -> Augment:
-        """MTA's views: a random resized crop + flip of the whole image (``data/datautils.py:62-73``)."""
-        return Augment(
-            "rrc",
-            scale=tuple(self.hp["crop_scale"]),
-            interpolation=self.hp["interpolation"],
-            mean=self.model.mean.flatten().tolist(),
-        )
-
     @torch.no_grad()
     def stream_step(self, batch: dict) -> torch.Tensor:
         """Each image's logits ``100 cos(mode, text)``; the model is untouched."""
-        feats = view_features(self.model, batch, self.hp["views"], self.view_augment(), self.view_seed)
+        feats = self.view_features(batch)  # MTA's views: crop + flip of the whole image (data/datautils.py:62-73)
         text = self.model.text_features()
         with torch.autocast(self.model.device.type, enabled=False):
             feats, text = feats.float(), text.float()

@@ -35,8 +35,8 @@ from __future__ import annotations
 import torch
 
 from benchmark.adapt.adapter import Adapter
-from benchmark.adapt.augment import Augment
-from benchmark.adapt.views import checkpoint_logit_scale, confident_views, view_features
+from benchmark.adapt.view_method import ViewMethod
+from benchmark.adapt.views import checkpoint_logit_scale, confident_views
 from benchmark.model.clip import LOGIT_SCALE
 from benchmark.registry import register_method
 
@@ -81,7 +81,7 @@ def zero_votes(cos: torch.Tensor, gamma: float, vote: str = "eps", scale: float 
 
 
 @register_method
-class Zero(Adapter):
+class Zero(ViewMethod):
     """Zero-temperature voting of the confident augmented views of each test image; nothing is trained.
 
     Hyper-parameters: ``views`` (64: the original and 63 augmented), ``gamma`` (0.3: the fraction
@@ -114,23 +114,10 @@ class Zero(Adapter):
             raise ValueError("zero needs views >= 1 and 0 < gamma <= 1")
         return []
 
-    @property
-    def needs_full(self) -> bool:
-        return True
-
-    def view_augment(self) -> Augment:
-        """ZERO's views: a random resized crop + flip of the whole image (``data/augs.py:36-40``)."""
-        return Augment(
-            "rrc",
-            scale=tuple(self.hp["crop_scale"]),
-            interpolation=self.hp["interpolation"],
-            mean=self.model.mean.flatten().tolist(),
-        )
-
     @torch.no_grad()
     def stream_step(self, batch: dict) -> torch.Tensor:
         """Each image's vote fractions on CLIP's scale, ``100 * p_bar / k``; the model is untouched."""
-        feats = view_features(self.model, batch, self.hp["views"], self.view_augment(), self.view_seed)
+        feats = self.view_features(batch)  # ZERO's views: crop + flip of the whole image (data/augs.py:36-40)
         cos = feats @ self.model.text_features().t()  # fp16 under the official autocast, as in ttas/zero.py:75
         votes = zero_votes(cos, self.hp["gamma"], self.hp["vote"], checkpoint_logit_scale(self.model))
         k = max(1, int(self.hp["views"] * self.hp["gamma"]))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from conftest import CLASSNAMES, make_classifier, make_data
 
-import methods.boostadapter as boost
+from benchmark.adapt import view_method
 from benchmark.adapt.caches import ClassCache, TDACaches
 from benchmark.adapt.unlabeled import UnlabeledData
 from benchmark.model.clip import ClipClassifier, load_clip
@@ -215,7 +215,7 @@ def test_stream_matches_the_official_arithmetic_on_fixed_features(image, monkeyp
     )
     model = make_classifier("vit")
     monkeypatch.setattr(model, "text_features", lambda: text)
-    monkeypatch.setattr(boost, "view_features", lambda model, batch, views, augment, seed: feats[batch["index"]])
+    monkeypatch.setattr(view_method, "view_features", lambda model, batch, views, augment, seed: feats[batch["index"]])
     method = get_method("boostadapter")(model, {"views": v, "image": image, "batch_size": 7}, seed=0)
     got = stream(method, full_data(model, n))
     expected = official_boostadapter(list(feats), text.t(), CFG, image == "original")

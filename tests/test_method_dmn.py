@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import CLASSNAMES, make_classifier, make_data
 
+from benchmark.adapt import view_method
 from benchmark.adapt.unlabeled import UnlabeledData
 from benchmark.model.clip import ClipClassifier, load_clip
 from benchmark.registry import get_method
@@ -127,7 +128,7 @@ def test_stream_matches_the_official_arithmetic_on_fixed_features(beta2, monkeyp
     )
     model = make_classifier("vit")
     monkeypatch.setattr(model, "text_features", lambda: text)
-    monkeypatch.setattr(dmn, "view_features", lambda model, batch, views, augment, seed: feats[batch["index"]])
+    monkeypatch.setattr(view_method, "view_features", lambda model, batch, views, augment, seed: feats[batch["index"]])
     method = get_method("dmn")(
         model, {"views": v, "selection": 0.3, "memory_size": 2, "beta2": beta2, "batch_size": 4}, seed=0
     )

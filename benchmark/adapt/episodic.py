@@ -31,9 +31,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from benchmark.adapt.adapter import Adapter
 from benchmark.adapt.augment import Augment
-from benchmark.adapt.views import confident_views, marginal_entropy, view_features
+from benchmark.adapt.view_method import ViewMethod
+from benchmark.adapt.views import confident_views, marginal_entropy
 from benchmark.model.clip import LOGIT_SCALE
 
 INIT_LOSS_SCALE = 1000.0
@@ -81,7 +81,7 @@ class StreamLossScale:
         return torch.tensor(finite)
 
 
-class EpisodicTuning(Adapter):
+class EpisodicTuning(ViewMethod):
     """Episodic tuning of one small tensor per test image on its views (TPT's loop).
 
     Hyper-parameters besides the optimiser's: ``views`` (64: the original and 63 augmented),
@@ -136,29 +136,11 @@ class EpisodicTuning(Adapter):
         """(B,) term added to each image's loss, from its (B, K, D) class text features (None: none)."""
         return None
 
-    def view_augment(self) -> Augment:
-        """The augmented views: a random resized crop + flip of the whole image, AugMix on top if ``augmix``."""
-        hp = self.hp
-        return Augment(
-            "augmix" if hp["augmix"] else "rrc",
-            scale=tuple(hp["crop_scale"]),
-            interpolation=hp["interpolation"],
-            mean=self.model.mean.flatten().tolist(),
-        )
-
     def views(self) -> dict[str, Augment]:
         return {"images": self.view_augment()}
 
     def stream_views(self) -> dict[str, Augment]:
         return {"images": Augment("none")}
-
-    @property
-    def needs_full(self) -> bool:
-        return True
-
-    def view_features(self, batch: dict) -> torch.Tensor:
-        """(B, V, D) features of every image's original view and ``views - 1`` augmented views."""
-        return view_features(self.model, batch, self.hp["views"], self.view_augment(), self.view_seed)
 
     def tune(self, feats: torch.Tensor) -> torch.Tensor:
         """Tune one tensor per image on its (B, V, D) view features; returns the tuned (B, ...) tensors."""
